@@ -1,0 +1,130 @@
+"""The `tokenmill` command: one verb per stage, plus `run` for the whole pipeline.
+
+Errors the user can fix (a wrong config, a missing input) print one message naming the key
+or path and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokenmill import __version__
+from tokenmill.errors import TokenmillError
+
+EPILOG = "Documentation: docs/ in the tokenmill repository. Every verb has its own --help."
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the whole pipeline from a config, skipping stages that are up to date",
+        description=(
+            "Run every stage of the pipeline described by CONFIG into its run folder (runs/NAME by "
+            "default). A stage whose settings and inputs are unchanged since it last finished is "
+            "skipped; a changed stage re-runs, and so do the stages after it whose inputs changed. "
+            "An interrupted run resumes at the first stage that is not done."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.sources.0.max_bytes=8000000 (repeatable)")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="re-run from this stage on (name, number or section: 01_data, 01, data)")
+    p.add_argument("--to", dest="to_stage", metavar="STAGE", help="stop after this stage")
+    p.add_argument("--run-dir", metavar="DIR", help="run folder (default: runs/NAME)")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tokenmill.config import load_config
+    from tokenmill.run import run_pipeline
+
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    config = load_config(args.config, overrides)
+    run = run_pipeline(config, from_stage=args.from_stage, to_stage=args.to_stage)
+    print(f"run folder: {run.root}  (manifest: {run.manifest_path})")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="read raw text from files, datasets or the built-in corpus into document shards",
+        description=(
+            "Read documents from the sources in CONFIG's data section and/or from --input paths "
+            "and --source local, tag each with its domain, and write them to DIR as compressed "
+            "JSONL shards with stats.json (documents and bytes per domain, and every skipped or "
+            "repaired input with its reason and location). Formats by extension: .jsonl[.gz|.zst], "
+            ".parquet, .warc[.gz]/.wet[.gz], a folder saved by datasets.save_to_disk, any other "
+            "folder or file as text (code tagged with its language, HTML reduced to its main text)."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="optional YAML config whose data section is used")
+    p.add_argument("--input", dest="inputs", action="append", default=[], metavar="PATH",
+                   help="a file, folder or glob to read (repeatable)")
+    p.add_argument("--source", dest="builtin", action="append", default=[], choices=["local"],
+                   help="'local': the built-in corpus gathered from this machine (see docs/builtin-corpus.md)")
+    p.add_argument("--domain", metavar="NAME", help="domain tag for the --input paths (default: by format)")
+    p.add_argument("--max-bytes", type=int, metavar="N", help="size cap of the built-in corpus in bytes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.shard_bytes=32000000")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write shards and stats to")
+    p.set_defaults(func=_cmd_data)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from tokenmill.atomic import atomic_dir
+    from tokenmill.config import load_config
+    from tokenmill.sources.collect import collect
+    from tokenmill.sources.local import LocalCorpusSource
+    from tokenmill.sources.registry import source_for_path
+
+    config = load_config(args.config, args.overrides)
+    sources = list(config.data.sources) if args.config else []
+    sources += [source_for_path(path, args.domain) for path in args.inputs]
+    for _ in args.builtin:
+        sources.append(LocalCorpusSource(**({"max_bytes": args.max_bytes} if args.max_bytes else {})))
+    if not sources:
+        raise TokenmillError("nothing to read: give --input PATH, --source local, or a CONFIG with a data section")
+    output = Path(args.output)
+    if output.exists() and any(output.iterdir()) and not (output / "stats.json").exists():
+        # The output is replaced as a whole; never replace a folder that tokenmill did not write.
+        raise TokenmillError(f"--output {output} exists and is not a tokenmill data folder; choose an empty or new folder")
+    with atomic_dir(output) as tmp:
+        stats = collect(sources, tmp, shard_bytes=config.data.shard_bytes)
+    print(f"{stats['documents']:,} documents, {stats['bytes']:,} bytes -> {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenmill",
+        description="tokenmill: from raw text to a served language model. Each verb is one stage.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"tokenmill {__version__}")
+    sub = parser.add_subparsers(title="verbs", metavar="VERB", required=True)
+    _add_run(sub)
+    _add_data(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TokenmillError as e:
+        print(f"tokenmill: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # Permission denied, disk full, ...: the message names the path.
+        print(f"tokenmill: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tokenmill: interrupted", file=sys.stderr)
+        return 130

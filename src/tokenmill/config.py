@@ -1,0 +1,139 @@
+"""The run configuration: YAML validated into typed models, with `--set key=value` overrides.
+
+One YAML file describes a run, one section per stage. Unknown keys are errors that name the
+key: a typo in a config must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import xxhash
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tokenmill.errors import ConfigError
+from tokenmill.sources.local import LocalCorpusSource
+from tokenmill.sources.registry import SOURCE_KINDS, AnySource
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    """Stage 01: which sources to read, each tagged with its domain."""
+
+    sources: list[AnySource] = Field(default_factory=lambda: [LocalCorpusSource()], min_length=1)
+    shard_bytes: int = Field(64_000_000, gt=0, description="Uncompressed bytes per output shard.")
+
+
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    run_dir: str | None = Field(None, description="Where the run folder goes; default runs/NAME.")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(error: ValidationError, where: str) -> str:
+    lines = []
+    for e in error.errors():
+        # A tagged union puts the chosen kind into the path (sources[0].jsonl.paths): drop it,
+        # the user wrote sources[0].paths.
+        loc = [p for i, p in enumerate(e["loc"]) if not (p in SOURCE_KINDS and i > 0 and isinstance(e["loc"][i - 1], int))]
+        key = _format_loc(tuple(loc))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"{key}: {e['msg']}")
+    return f"invalid config {where}:\n  " + "\n  ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'pretrain.lr=3e-4' -> (['pretrain', 'lr'], 0.0003); the value is read as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set has an empty key in '{item}'")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot read value '{raw}': {e}") from None
+    return key.split("."), value
+
+
+def apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node: Any = tree
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_index(node, k, keys[: i + 1])]
+        else:
+            node = node.setdefault(k, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {'.'.join(keys)}: '{'.'.join(keys[: i + 1])}' is a value, not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index(node, last, keys)] = value
+    else:
+        node[last] = value
+
+
+def _index(node: list, k: str, path: list[str]) -> int:
+    try:
+        i = int(k)
+        node[i]
+    except (ValueError, IndexError):
+        raise ConfigError(f"--set {'.'.join(path)}: '{k}' is not an index of a list of {len(node)}") from None
+    return i
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from the defaults when `path` is None) and apply overrides."""
+    tree: dict = {}
+    where = "(defaults)"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree.setdefault("name", path.stem)
+    # Sections that the user named but left empty are default sections.
+    tree = {k: ({} if v is None else v) for k, v in tree.items()}
+    for item in overrides:
+        apply_override(tree, *parse_override(item))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, where)) from None
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def section_hash(config: RunConfig, section: str) -> str:
+    """A hash of one stage's settings (and the seed): it changes exactly when the stage must re-run."""
+    payload = {"seed": config.seed, section: getattr(config, section).model_dump(mode="json")}
+    return xxhash.xxh3_64(json.dumps(payload, sort_keys=True).encode()).hexdigest()

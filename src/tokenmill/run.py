@@ -1,0 +1,107 @@
+"""The whole pipeline: every stage in order, each skipped when its settings and inputs are unchanged.
+
+A stage writes into a temporary folder that is renamed into place only when the stage
+succeeds, and the manifest marks it done only after that; so a run killed at any moment
+leaves nothing half-written that the next run would trust, and the next run resumes at the
+first stage that is not done.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from tokenmill.atomic import atomic_dir, write_text
+from tokenmill.config import RunConfig, section_hash, to_yaml
+from tokenmill.errors import TokenmillError
+from tokenmill.runfolder import RunFolder
+from tokenmill.sources.collect import collect
+
+
+@dataclass(frozen=True)
+class StageResult:
+    metrics: dict[str, Any]
+    figures: list[str]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the folder in the run, e.g. "01_data"
+    section: str  # the config section that sets it up
+    summary: str
+    upstream: tuple[str, ...]  # stages whose outputs it reads
+    run: Callable[[RunConfig, Path, RunFolder], StageResult]  # writes into the given folder
+    external_inputs: Callable[[RunConfig], str]  # fingerprint of inputs outside the run folder
+
+
+def _run_data(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    stats = collect(config.data.sources, out, shard_bytes=config.data.shard_bytes)
+    metrics = {k: stats[k] for k in ("documents", "bytes", "domains", "skipped_total", "repaired_total")}
+    return StageResult(metrics=metrics, figures=["domains.svg"])
+
+
+def _data_inputs(config: RunConfig) -> str:
+    return ",".join(s.fingerprint() for s in config.data.sources)
+
+
+STAGES: list[Stage] = [
+    Stage("01_data", "data", "read raw text from every source, tagged with its domain", (), _run_data, _data_inputs),
+]
+
+
+def find_stage(name: str) -> int:
+    """Index of a stage named by its folder ("01_data"), number ("01", "1") or section ("data")."""
+    for i, s in enumerate(STAGES):
+        number = s.name.split("_", 1)[0]
+        if name in (s.name, s.section, number, number.lstrip("0")):
+            return i
+    names = ", ".join(f"{s.name} ({s.section})" for s in STAGES)
+    raise TokenmillError(f"unknown stage '{name}'; the stages are: {names}")
+
+
+def run_pipeline(
+    config: RunConfig, from_stage: str | None = None, to_stage: str | None = None, log: TextIO | None = None
+) -> RunFolder:
+    """Run the stages of `config` from `from_stage` (re-run even if fresh) through `to_stage`."""
+    log = log or sys.stderr
+    first = find_stage(from_stage) if from_stage else 0
+    last = find_stage(to_stage) if to_stage else len(STAGES) - 1
+    if first > last:
+        raise TokenmillError(f"--from {from_stage} comes after --to {to_stage}")
+    run = RunFolder(config.resolved_run_dir())
+    for stale in run.prepare():
+        print(f"removed unfinished {stale.name} left by an interrupted run", file=log)
+    write_text(run.root / "config.yaml", to_yaml(config))
+    print(f"run folder: {run.root}", file=log)
+
+    for i, stage in enumerate(STAGES[: last + 1]):
+        inputs = {"external": stage.external_inputs(config)}
+        for up in stage.upstream:
+            fingerprint = run.output_fingerprint(up)
+            if fingerprint is None:
+                raise TokenmillError(f"stage {stage.name} needs {up}, which is not done; run without --from")
+            inputs[up] = fingerprint
+        config_hash = section_hash(config, stage.section)
+        fresh = run.is_fresh(stage.name, config_hash, inputs)
+        if i < first and not fresh:
+            raise TokenmillError(f"stage {stage.name} is not done or out of date; run it before --from {from_stage}")
+        if i < first or (fresh and from_stage is None):
+            print(f"[{stage.name}] up to date, skipped", file=log)
+            continue
+        print(f"[{stage.name}] {stage.summary}", file=log)
+        run.mark_running(stage.name, config_hash, inputs)
+        start = time.perf_counter()
+        try:
+            with atomic_dir(run.stage_dir(stage.name)) as tmp:
+                result = stage.run(config, tmp, run)
+        except BaseException as e:
+            run.mark_failed(stage.name, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+            raise
+        wall = time.perf_counter() - start
+        run.mark_done(stage.name, result.metrics, result.figures, wall)
+        print(f"[{stage.name}] done in {wall:.1f} s", file=log)
+    return run

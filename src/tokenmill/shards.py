@@ -1,0 +1,96 @@
+"""Document shards: zstandard-compressed JSONL files, each written atomically.
+
+A shard appears under its final name only once it is complete, so a reader (or a resumed
+run) never sees a torn shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import zstandard
+
+from tokenmill.atomic import tmp_sibling
+from tokenmill.compression import open_binary
+from tokenmill.sources.document import Document
+
+SHARD_SUFFIX = ".jsonl.zst"
+
+
+class ShardWriter:
+    """Writes documents into `folder/PREFIX-00000.jsonl.zst`, `-00001`, ... of about `shard_bytes` each."""
+
+    def __init__(self, folder: str | os.PathLike, prefix: str = "shard", shard_bytes: int = 64_000_000) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.shard_bytes = shard_bytes
+        self.paths: list[Path] = []
+        self._file = None
+        self._stream = None
+        self._tmp: Path | None = None
+        self._written = 0
+
+    def write(self, doc: Document) -> None:
+        if self._stream is None:
+            self._open()
+        line = json.dumps(doc.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n"
+        self._stream.write(line)
+        self._written += len(line)
+        if self._written >= self.shard_bytes:
+            self._close_shard()
+
+    def _open(self) -> None:
+        final = self.folder / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}"
+        self._tmp = tmp_sibling(final)
+        self._file = open(self._tmp, "wb")
+        self._stream = zstandard.ZstdCompressor(level=3).stream_writer(self._file, closefd=False)
+        self._written = 0
+
+    def _close_shard(self) -> None:
+        self._stream.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        final = self.folder / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}"
+        os.replace(self._tmp, final)
+        self.paths.append(final)
+        self._stream = self._file = self._tmp = None
+
+    def close(self) -> list[Path]:
+        """Finish the open shard; return every shard written, in order."""
+        if self._stream is not None:
+            self._close_shard()
+        return self.paths
+
+    def abort(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._file.close()
+            self._tmp.unlink(missing_ok=True)
+            self._stream = self._file = self._tmp = None
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def shard_paths(folder: str | os.PathLike) -> list[Path]:
+    return sorted(Path(folder).glob(f"*{SHARD_SUFFIX}"))
+
+
+def read_shards(paths: Iterable[str | os.PathLike]) -> Iterator[Document]:
+    """Documents of the given shards, in order."""
+    for path in paths:
+        with open_binary(path) as f:
+            for line in f:
+                if line.strip():
+                    yield Document.from_dict(json.loads(line))

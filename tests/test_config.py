@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from tokenmill.config import load_config, section_hash
+from tokenmill.errors import ConfigError
+from tokenmill.sources.jsonl import JsonlSource
+from tokenmill.sources.local import LocalCorpusSource
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_quickstart_preset_validates():
+    config = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert config.name == "quickstart"
+    assert isinstance(config.data.sources[0], LocalCorpusSource)
+    assert config.data.sources[0].max_bytes == 32_000_000
+
+
+def test_unknown_top_level_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'pretrian'"):
+        load_config(write(tmp_path, "pretrian:\n  lr: 1\n"))
+
+
+def test_unknown_nested_key_is_named_with_its_path(tmp_path):
+    cfg = "data:\n  sources:\n    - kind: jsonl\n      paths: [a.jsonl]\n      txet_key: body\n"
+    with pytest.raises(ConfigError, match=r"unknown key 'data.sources\[0\].txet_key'"):
+        load_config(write(tmp_path, cfg))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.shard_bytes: .*integer"):
+        load_config(write(tmp_path, "data:\n  shard_bytes: lots\n"))
+
+
+def test_unknown_source_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].*'csv'"):
+        load_config(write(tmp_path, "data:\n  sources:\n    - kind: csv\n"))
+
+
+def test_overrides_reach_nested_values_and_lists(tmp_path):
+    cfg = "name: t\ndata:\n  sources:\n    - kind: jsonl\n      paths: [a.jsonl]\n"
+    config = load_config(
+        write(tmp_path, cfg),
+        ["data.shard_bytes=1000", "data.sources.0.domain=books", "data.sources.0.text_key=body", "seed=7"],
+    )
+    src = config.data.sources[0]
+    assert isinstance(src, JsonlSource)
+    assert (config.data.shard_bytes, src.domain, src.text_key, config.seed) == (1000, "books", "body", 7)
+
+
+def test_override_of_unknown_key_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'data.shard_byts'"):
+        load_config(None, ["data.shard_byts=5"])
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [("noequals", "KEY=VALUE"), ("data..x=1", "empty key"), ("data.sources.9.domain=web", "not an index")],
+)
+def test_malformed_overrides(item, message, tmp_path):
+    cfg = write(tmp_path, "data:\n  sources:\n    - kind: jsonl\n      paths: [a.jsonl]\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(cfg, [item])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "data: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_section_hash_follows_only_its_section(tmp_path):
+    base = load_config(None, ["name=a"])
+    assert section_hash(base, "data") == section_hash(load_config(None, ["name=b"]), "data")
+    assert section_hash(base, "data") != section_hash(load_config(None, ["data.shard_bytes=5"]), "data")
+    assert section_hash(base, "data") != section_hash(load_config(None, ["seed=1"]), "data")

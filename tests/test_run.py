@@ -1,0 +1,114 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tokenmill.config import load_config
+from tokenmill.errors import TokenmillError
+from tokenmill.run import find_stage, run_pipeline
+from tokenmill.shards import read_shards, shard_paths
+
+from conftest import write_jsonl
+
+
+def config_for(run_dir: Path, corpus: Path, *extra: str):
+    return load_config(
+        None,
+        [f"run_dir={run_dir}", f"data.sources=[{{kind: jsonl, paths: ['{corpus}']}}]", *extra],
+    )
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_stage_records_manifest_and_skips_when_unchanged(tmp_path, jsonl_corpus, capsys):
+    run_dir = tmp_path / "run"
+    run_pipeline(config_for(run_dir, jsonl_corpus))
+    entry = manifest(run_dir)["stages"]["01_data"]
+    assert entry["status"] == "done"
+    assert entry["metrics"]["documents"] == 50
+    assert entry["figures"] == ["domains.svg"]
+    assert set(entry["outputs"]) == {"stats.json", "domains.svg", "shards/shard-00000.jsonl.zst"}
+    assert entry["wall_time_s"] > 0
+    assert (run_dir / "config.yaml").exists()
+
+    capsys.readouterr()
+    run_pipeline(config_for(run_dir, jsonl_corpus))
+    assert "[01_data] up to date, skipped" in capsys.readouterr().err
+    assert manifest(run_dir)["stages"]["01_data"]["finished_at"] == entry["finished_at"]
+
+
+def test_changed_config_or_input_reruns(tmp_path, jsonl_corpus, capsys):
+    run_dir = tmp_path / "run"
+    run_pipeline(config_for(run_dir, jsonl_corpus))
+    capsys.readouterr()
+    run_pipeline(config_for(run_dir, jsonl_corpus, "data.shard_bytes=100"))
+    assert "up to date" not in capsys.readouterr().err
+    assert len(manifest(run_dir)["stages"]["01_data"]["outputs"]) > 3  # many small shards now
+
+    time.sleep(0.01)
+    write_jsonl(jsonl_corpus, ["a changed corpus"])
+    run_pipeline(config_for(run_dir, jsonl_corpus, "data.shard_bytes=100"))
+    assert "up to date" not in capsys.readouterr().err
+    assert manifest(run_dir)["stages"]["01_data"]["metrics"]["documents"] == 1
+
+
+def test_damaged_output_reruns(tmp_path, jsonl_corpus, capsys):
+    run_dir = tmp_path / "run"
+    run_pipeline(config_for(run_dir, jsonl_corpus))
+    (run_dir / "01_data" / "shards" / "shard-00000.jsonl.zst").write_bytes(b"torn")
+    capsys.readouterr()
+    run_pipeline(config_for(run_dir, jsonl_corpus))
+    assert "up to date" not in capsys.readouterr().err
+    assert len(list(read_shards(shard_paths(run_dir / "01_data" / "shards")))) == 50
+
+
+def test_from_and_to(tmp_path, jsonl_corpus, capsys):
+    run_dir = tmp_path / "run"
+    run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
+    capsys.readouterr()
+    run_pipeline(config_for(run_dir, jsonl_corpus), from_stage="01")
+    assert "up to date" not in capsys.readouterr().err
+    assert find_stage("01_data") == find_stage("data") == find_stage("1") == 0
+    with pytest.raises(TokenmillError, match="unknown stage 'tokenise'.*01_data"):
+        find_stage("tokenise")
+
+
+def test_sigkill_mid_stage_then_resume(tmp_path):
+    """Kill a run while stage 01 is writing shards; the next run must not trust any of it."""
+    corpus = write_jsonl(tmp_path / "big.jsonl", [f"line {i} " + "word " * 200 for i in range(40_000)])
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"run_dir: {run_dir}\ndata:\n  shard_bytes: 200000\n  sources:\n    - kind: jsonl\n      paths: ['{corpus}']\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "tokenmill", "run", str(cfg)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    staged: list[Path] = []
+    # Wait until complete shards exist in the stage's temporary folder: the stage is half done.
+    while time.time() < deadline and proc.poll() is None:
+        staged = [p for p in run_dir.glob("01_data.tmp-*/shards/*.jsonl.zst")]
+        if len(staged) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make the corpus bigger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(staged) >= 3
+    assert manifest(run_dir)["stages"]["01_data"]["status"] == "running"
+    assert not (run_dir / "01_data").exists()
+
+    out = subprocess.run([sys.executable, "-m", "tokenmill", "run", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "removed unfinished 01_data.tmp-" in out.stderr
+    assert not list(run_dir.glob("*.tmp-*"))
+    docs = list(read_shards(shard_paths(run_dir / "01_data" / "shards")))
+    assert len(docs) == 40_000 and docs[-1].text.startswith("line 39999 ")
+    assert len({d.id for d in docs}) == 40_000
+    assert manifest(run_dir)["stages"]["01_data"]["status"] == "done"
