@@ -66,12 +66,12 @@ def test_data_needs_something_to_read(tmp_path):
 def test_data_reads_inputs_into_shards(tmp_path, jsonl_corpus):
     out_dir = tmp_path / "out"
     assert main(["data", "--input", str(jsonl_corpus), "--domain", "books", "--output", str(out_dir)]) == 0
-    docs = list(read_shards(shard_paths(out_dir / "shards")))
+    docs = list(read_shards(shard_paths(out_dir / "01_data" / "shards")))
     assert [d.text for d in docs] == [f"document number {i} about {i % 7} things" for i in range(50)]
     assert {d.source for d in docs} == {"books"}
-    stats = json.loads((out_dir / "stats.json").read_text())
+    stats = json.loads((out_dir / "01_data" / "stats.json").read_text())
     assert stats["domains"] == {"books": {"documents": 50, "bytes": sum(len(d.text) for d in docs)}}
-    assert (out_dir / "domains.svg").read_text().startswith("<svg")
+    assert (out_dir / "01_data" / "domains.svg").read_text().startswith("<svg")
     # Writing again over its own output is allowed; over a foreign folder it is refused.
     assert main(["data", "--input", str(jsonl_corpus), "--output", str(out_dir)]) == 0
     foreign = tmp_path / "foreign"

@@ -56,11 +56,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         help="read raw text from files, datasets or the built-in corpus into document shards",
         description=(
             "Read documents from the sources in CONFIG's data section and/or from --input paths "
-            "and --source local, tag each with its domain, and write them to DIR as compressed "
-            "JSONL shards with stats.json (documents and bytes per domain, and every skipped or "
-            "repaired input with its reason and location). Formats by extension: .jsonl[.gz|.zst], "
-            ".parquet, .warc[.gz]/.wet[.gz], a folder saved by datasets.save_to_disk, any other "
-            "folder or file as text (code tagged with its language, HTML reduced to its main text)."
+            "and --source local, tag each with its domain, and write them into DIR as a small run "
+            "folder: DIR/01_data/shards/*.jsonl.zst with DIR/01_data/stats.json (documents and "
+            "bytes per domain, and every skipped or repaired input with its reason and location). "
+            "Formats by extension: .jsonl[.gz|.zst], .parquet, .warc[.gz]/.wet[.gz], a folder saved "
+            "by datasets.save_to_disk, any other folder or file as text (code tagged with its "
+            "language, HTML reduced to its main text). Re-running with the same inputs skips the "
+            "work; an interrupted run resumes."
         ),
     )
     p.add_argument("config", metavar="CONFIG", nargs="?", help="optional YAML config whose data section is used")
@@ -72,14 +74,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-bytes", type=int, metavar="N", help="size cap of the built-in corpus in bytes")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.shard_bytes=32000000")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write shards and stats to")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
     p.set_defaults(func=_cmd_data)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from tokenmill.atomic import atomic_dir
     from tokenmill.config import load_config
-    from tokenmill.sources.collect import collect
+    from tokenmill.run import DATA_STAGES, run_pipeline
+    from tokenmill.runfolder import MANIFEST
     from tokenmill.sources.local import LocalCorpusSource
     from tokenmill.sources.registry import source_for_path
 
@@ -91,12 +93,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
     if not sources:
         raise TokenmillError("nothing to read: give --input PATH, --source local, or a CONFIG with a data section")
     output = Path(args.output)
-    if output.exists() and any(output.iterdir()) and not (output / "stats.json").exists():
-        # The output is replaced as a whole; never replace a folder that tokenmill did not write.
+    if output.exists() and any(output.iterdir()) and not (output / MANIFEST).exists():
+        # Stage folders in the output are replaced; never write into a folder tokenmill did not make.
         raise TokenmillError(f"--output {output} exists and is not a tokenmill data folder; choose an empty or new folder")
-    with atomic_dir(output) as tmp:
-        stats = collect(sources, tmp, shard_bytes=config.data.shard_bytes)
-    print(f"{stats['documents']:,} documents, {stats['bytes']:,} bytes -> {args.output}")
+    config = config.model_copy(update={"run_dir": str(output), "data": config.data.model_copy(update={"sources": sources})})
+    run_pipeline(config, to_stage=DATA_STAGES[-1])
+    print(f"documents in {output}")
     return 0
 
 

@@ -53,6 +53,10 @@ STAGES: list[Stage] = [
 ]
 
 
+# The stages `tokenmill data` runs.
+DATA_STAGES = ("01_data",)
+
+
 def find_stage(name: str) -> int:
     """Index of a stage named by its folder ("01_data"), number ("01", "1") or section ("data")."""
     for i, s in enumerate(STAGES):
