@@ -88,7 +88,8 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     cfg.write_text(
         f"run_dir: {run_dir}\ndata:\n  shard_bytes: 200000\n  sources:\n    - kind: jsonl\n      paths: ['{corpus}']\n"
     )
-    proc = subprocess.Popen([sys.executable, "-m", "tokenmill", "run", str(cfg)], stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "tokenmill", "run", str(cfg), "--to", "data"]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     staged: list[Path] = []
     # Wait until complete shards exist in the stage's temporary folder: the stage is half done.
@@ -104,7 +105,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     assert manifest(run_dir)["stages"]["01_data"]["status"] == "running"
     assert not (run_dir / "01_data").exists()
 
-    out = subprocess.run([sys.executable, "-m", "tokenmill", "run", str(cfg)], capture_output=True, text=True)
+    out = subprocess.run(command, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "removed unfinished 01_data.tmp-" in out.stderr
     assert not list(run_dir.glob("*.tmp-*"))

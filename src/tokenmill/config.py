@@ -14,6 +14,7 @@ import xxhash
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tokenmill.curate.config import CurateConfig
 from tokenmill.errors import ConfigError
 from tokenmill.sources.local import LocalCorpusSource
 from tokenmill.sources.registry import SOURCE_KINDS, AnySource
@@ -35,6 +36,7 @@ class RunConfig(Section):
     run_dir: str | None = Field(None, description="Where the run folder goes; default runs/NAME.")
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name

@@ -48,13 +48,41 @@ def _data_inputs(config: RunConfig) -> str:
     return ",".join(s.fingerprint() for s in config.data.sources)
 
 
+def _run_curate(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.curate.pipeline import curate
+    from tokenmill.shards import shard_paths
+
+    # The work folder lives beside the stage folder, not in its temporary copy, so that a killed
+    # run keeps its finished pieces; it clears itself when the config or the inputs change.
+    result = curate(
+        input_shards=shard_paths(run.stage_dir("01_data") / "shards"),
+        config=config.curate,
+        out_dir=out,
+        work_dir=run.root / "02_curate.work",
+        seed=config.seed,
+    )
+    return StageResult(metrics=result["metrics"], figures=result["figures"])
+
+
+def _no_external_inputs(config: RunConfig) -> str:
+    return ""
+
+
 STAGES: list[Stage] = [
     Stage("01_data", "data", "read raw text from every source, tagged with its domain", (), _run_data, _data_inputs),
+    Stage(
+        "02_curate",
+        "curate",
+        "filter, deduplicate, redact and mix the documents",
+        ("01_data",),
+        _run_curate,
+        _no_external_inputs,
+    ),
 ]
 
 
 # The stages `tokenmill data` runs.
-DATA_STAGES = ("01_data",)
+DATA_STAGES = ("01_data", "02_curate")
 
 
 def find_stage(name: str) -> int:

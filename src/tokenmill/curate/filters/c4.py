@@ -1,0 +1,127 @@
+"""The C4 rules (Raffel et al. 2020, "Exploring the Limits of Transfer Learning", section 2.2),
+as the reference code in TensorFlow Datasets (`c4_utils.py`) and datatrove's C4QualityFilter
+apply them.
+
+C4 works line by line: a line without terminal punctuation, with fewer than 3 words, with a
+word over 1000 characters, mentioning JavaScript or a cookie/terms-of-use notice is removed,
+and the rest of the page stays. A page is removed whole when it says "lorem ipsum", holds a
+curly bracket (C4's way of dropping code), has fewer than 5 sentences left, or holds a word
+from a bad-words list (when one is given; C4 used the LDNOOBW list).
+
+One difference from the reference code, on purpose: the page keeps its blank lines (C4 joined
+the lines it kept with single newlines, which erases paragraphs; its input had none to lose),
+and a page from which nothing was removed is returned unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from functools import lru_cache
+from typing import ClassVar
+
+from pydantic import Field
+
+from tokenmill.curate.block import BlockStats, DocumentBlock
+from tokenmill.curate.filters.gopher import WEB_ONLY
+from tokenmill.curate.filters.text import count_sentences
+from tokenmill.sources.document import Document
+
+# Wikipedia-style citation marks, removed before the punctuation test: "... in 1995.[3]".
+CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+END_PUNCTUATION = (".", "?", "!", '"', "'")
+POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+EXTRA_BLANK_LINES = re.compile(r"\n[^\S\n]*(?:\n[^\S\n]*)+\n")
+PAGE_RULES = ("lorem_ipsum", "curly_bracket")
+
+
+class C4Filter(DocumentBlock):
+    """Removes boilerplate lines (and counts them in `c4.lines_removed`), then removes pages that
+    are placeholders, code or too short. Each rule has its own switch: a bool, or a number
+    that null switches off."""
+
+    name: ClassVar[str] = "c4"
+
+    domains: list[str] | None = Field(default_factory=lambda: list(WEB_ONLY))
+    # line rules
+    filter_no_terminal_punct: bool = Field(True, description='Remove lines not ending in . ? ! " or \' (or in "...").')
+    min_words_per_line: int | None = Field(3, description="Remove lines with fewer words.")
+    max_word_length: int | None = Field(1000, description="Remove lines with a longer word (characters).")
+    filter_javascript: bool = Field(True, description='Remove lines mentioning "javascript".')
+    filter_policy: bool = Field(True, description="Remove lines about cookies, privacy policy or terms of use.")
+    remove_citations: bool = Field(True, description='Delete citation marks such as "[1]" and "[edit]".')
+    # page rules
+    filter_lorem_ipsum: bool = Field(True, description='Remove pages containing "lorem ipsum".')
+    filter_curly_bracket: bool = Field(True, description='Remove pages containing "{" (code).')
+    min_num_sentences: int | None = Field(5, description="Remove pages with fewer sentences left.")
+    bad_words: list[str] = Field(default_factory=list, description="Remove pages with any of these words.")
+
+    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
+        out: list[str] = []
+        n_sentences = 0
+        changed = False
+        for line in doc.text.splitlines():
+            stripped = line.strip()
+            if not stripped:
+                out.append("")
+                continue
+            reason, cleaned = self._line_rule(stripped)
+            if reason in PAGE_RULES:
+                stats.remove(doc, f"{self.name}.{reason}", stripped[:100])
+                return None
+            if reason is not None:
+                stats.count(f"{self.name}.lines_removed")
+                stats.count(f"{self.name}.lines_removed.{reason}")
+                changed = True
+                continue
+            if cleaned != stripped:
+                stats.count(f"{self.name}.citations_removed", len(CITATION.findall(stripped)))
+                changed = True
+                line = cleaned
+            if self.min_num_sentences is not None:
+                n_sentences += count_sentences(cleaned)
+            out.append(line)
+
+        if self.min_num_sentences is not None and n_sentences < self.min_num_sentences:
+            stats.remove(doc, f"{self.name}.too_few_sentences", f"{n_sentences} sentences")
+            return None
+        text = EXTRA_BLANK_LINES.sub("\n\n", "\n".join(out)).strip("\n") if changed else doc.text
+        if not text.strip():
+            stats.remove(doc, f"{self.name}.no_lines_left")
+            return None
+        if self.bad_words:
+            found = bad_words_pattern(tuple(self.bad_words)).search(text.lower())
+            if found:
+                stats.remove(doc, f"{self.name}.bad_words", found.group().strip())
+                return None
+        return replace(doc, text=text) if changed else doc
+
+    def _line_rule(self, line: str) -> tuple[str | None, str]:
+        """The rule that removes this (stripped) line, or that removes the page, and the line
+        without citation marks. The order is the reference code's."""
+        words = line.split()
+        if self.max_word_length is not None and any(len(w) > self.max_word_length for w in words):
+            return "too_long_word", line
+        if self.remove_citations:
+            line = CITATION.sub("", line)
+        if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith("...")):
+            return "no_terminal_punct", line
+        if self.min_words_per_line is not None and len(words) < self.min_words_per_line:
+            return "too_few_words", line
+        lower = line.lower()
+        if self.filter_lorem_ipsum and "lorem ipsum" in lower:
+            return "lorem_ipsum", line
+        if self.filter_javascript and "javascript" in lower:
+            return "javascript", line
+        if self.filter_curly_bracket and "{" in line:
+            return "curly_bracket", line
+        if self.filter_policy and any(p in lower for p in POLICY_PHRASES):
+            return "policy", line
+        return None, line
+
+
+@lru_cache(maxsize=4)
+def bad_words_pattern(words: tuple[str, ...]) -> re.Pattern[str]:
+    """Any of the words, standing alone (C4 matched whole words of the lowercased page)."""
+    alternatives = "|".join(re.escape(w.lower()) for w in words)
+    return re.compile(rf"(?:\W|^)(?:{alternatives})(?:\W|$)")

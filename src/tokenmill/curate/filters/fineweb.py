@@ -1,0 +1,63 @@
+"""The FineWeb rules (Penedo et al. 2024, "The FineWeb Datasets"): three page-level rules the
+authors found, by ablation, to remove what Gopher and C4 leave behind (lists, menus and
+boilerplate repeated down a page), and the share of newlines that marks a list.
+
+Thresholds are FineWeb's: at least 12% of lines end in terminal punctuation, at most 67% of
+lines are 30 characters or shorter, at most 1% of characters sit in duplicated lines, at
+most 0.3 newlines per word (words and punctuation marks, as datatrove counts them).
+Terminal punctuation is the Unicode Sentence_Terminal class (. ! ? 。 ।, ...), the set
+datatrove's implementation lists by hand; unlike datatrove, trailing spaces do not hide it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from tokenmill.curate.block import BlockStats, DocumentBlock
+from tokenmill.curate.filters.gopher import WEB_ONLY
+from tokenmill.curate.filters.text import ends_with_terminal, find_duplicates, lines, tokens
+from tokenmill.sources.document import Document
+
+
+class FineWebFilter(DocumentBlock):
+    """Removes list-like and boilerplate-ridden pages. A threshold set to null switches its rule off."""
+
+    name: ClassVar[str] = "fineweb"
+
+    domains: list[str] | None = Field(default_factory=lambda: list(WEB_ONLY))
+    line_punct_thr: float | None = Field(0.12, description="Least share of lines ending in terminal punctuation.")
+    short_line_thr: float | None = Field(0.67, description="Most share of short lines.")
+    short_line_length: int = Field(30, description="A line this long or shorter (characters) is short.")
+    char_duplicates_ratio: float | None = Field(0.01, description="Most share of characters in duplicated lines.")
+    new_line_ratio: float | None = Field(0.3, description="Most newlines per token.")
+
+    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
+        rule = self.failed_rule(doc.text)
+        if rule is None:
+            return doc
+        stats.remove(doc, f"{self.name}.{rule[0]}", f"{rule[1]:.3f}")
+        return None
+
+    def failed_rule(self, text: str) -> tuple[str, float] | None:
+        """The first rule the text fails, with the measured value; None if it passes them all."""
+        doc_lines = lines(text)
+        n_lines = max(len(doc_lines), 1)
+        if self.line_punct_thr is not None:
+            ratio = sum(ends_with_terminal(line.rstrip()) for line in doc_lines) / n_lines
+            if ratio < self.line_punct_thr:
+                return "line_punct_ratio", ratio
+        if self.short_line_thr is not None:
+            ratio = sum(len(line) <= self.short_line_length for line in doc_lines) / n_lines
+            if ratio > self.short_line_thr:
+                return "short_line_ratio", ratio
+        if self.char_duplicates_ratio is not None:
+            ratio = find_duplicates(doc_lines)[1] / max(len(text) - text.count("\n"), 1)
+            if ratio > self.char_duplicates_ratio:
+                return "char_dup_ratio", ratio
+        if self.new_line_ratio is not None:
+            ratio = text.count("\n") / max(len(tokens(text)), 1)
+            if ratio > self.new_line_ratio:
+                return "new_line_ratio", ratio
+        return None

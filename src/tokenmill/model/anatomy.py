@@ -1,0 +1,214 @@
+"""Stage 07, the weights: what every tensor is, its share of the parameters, and what it does.
+
+A breakdown needs only the config (a meta-device model: shapes, no memory), so it works for
+LLaMA-70B as well as for a trained folder. Attention patterns and nearest tokens need weights.
+"""
+
+from __future__ import annotations
+
+import re
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokenmill.atomic import write_json, write_text
+from tokenmill.model.config import ModelConfig
+from tokenmill.model.io import TIED
+from tokenmill.model.transformer import Transformer
+
+# (pattern on a parameter name, role); the first match wins.
+ROLES = [
+    (r"^tok_embeddings\.weight$", "embedding"),
+    (r"^pos_embeddings\.weight$", "position embedding"),
+    (r"\.wqkv\.weight$", "W_QKV"),
+    (r"\.wo\.weight$", "W_O"),
+    (r"\.w1\.weight$", "FFN W1"),
+    (r"\.w2\.weight$", "FFN W2"),
+    (r"\.w3\.weight$", "FFN W3"),
+    (r"\.(wqkv|wo|w1|w2|w3)\.bias$", "bias"),
+    (r"norm\.weight$", "norm γ"),
+    (r"norm\.bias$", "norm β"),
+    (r"^output\.weight$", "head"),
+]
+
+
+def role_of(name: str) -> str:
+    for pattern, role in ROLES:
+        if re.search(pattern, name):
+            return role
+    raise ValueError(f"no role for parameter '{name}'")
+
+
+def tensor_rows(config: ModelConfig) -> list[dict]:
+    """Every tensor: name, role, shape, parameters, share. A tied head counts zero (it is the embedding)."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    rows = []
+    for name, t in model.state_dict().items():
+        tied = name == TIED and config.tie_embeddings
+        rows.append({"name": name, "role": role_of(name), "shape": list(t.shape), "params": 0 if tied else t.numel(), "tied": tied})
+    total = sum(r["params"] for r in rows)
+    for r in rows:
+        r["share"] = r["params"] / total
+    return rows
+
+
+def role_totals(rows: list[dict]) -> dict[str, dict]:
+    totals: dict[str, dict] = {}
+    for r in rows:
+        entry = totals.setdefault(r["role"], {"params": 0, "tensors": 0, "share": 0.0})
+        entry["params"] += r["params"]
+        entry["tensors"] += 1
+        entry["share"] += r["share"]
+    return totals
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}" if n / size < 100 else f"{n / size:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def _shape(shape: list[int]) -> str:
+    return " × ".join(f"{d:,}" for d in shape)
+
+
+def format_breakdown(rows: list[dict], every_tensor: bool = False) -> str:
+    """Per-role totals, then the tensors; the tensors of layers 1..L-1 fold into layer 0's rows."""
+    total = sum(r["params"] for r in rows)
+    lines = [f"{'role':<20}{'tensors':>8}{'parameters':>16}{'share':>8}"]
+    for role, t in role_totals(rows).items():
+        params = "tied" if role == "head" and not t["params"] else f"{t['params']:,}"
+        lines.append(f"{role:<20}{t['tensors']:>8}{params:>16}{t['share']:>8.1%}")
+    lines.append(f"{'total':<20}{len(rows):>8}{total:>16,}  ({human_count(total)})")
+    lines.append("")
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        key = r["name"] if every_tensor else re.sub(r"^layers\.\d+\.", "layers.*.", r["name"])
+        groups.setdefault(key, []).append(r)
+    width = max(len(k) for k in groups) + 2
+    lines.append(f"{'tensor':<{width}}{'role':<20}{'shape':<18}{'count':>6}{'parameters':>16}{'share':>8}")
+    for key, group in groups.items():
+        r = group[0]
+        params = "tied" if r["tied"] else f"{sum(g['params'] for g in group):,}"
+        share = sum(g["share"] for g in group)
+        lines.append(f"{key:<{width}}{r['role']:<20}{_shape(r['shape']):<18}{len(group):>6}{params:>16}{share:>8.1%}")
+    return "\n".join(lines)
+
+
+def roles_chart(totals: dict[str, dict]) -> str:
+    from tokenmill.figures import bar_chart_svg
+
+    bars = [(role, t["params"], f"{human_count(t['params'])} ({t['share']:.1%})") for role, t in totals.items() if t["params"]]
+    return bar_chart_svg("parameters per role", bars)
+
+
+def load_tokenizer(folder: Path):
+    """The folder's Hugging Face tokenizer, or None: then tokens are shown as ids."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+    return Tokenizer.from_file(str(path))
+
+
+def token_labels(ids: list[int], tokenizer) -> list[str]:
+    if tokenizer is None:
+        return [str(i) for i in ids]
+    return [tokenizer.id_to_token(i) or str(i) for i in ids]
+
+
+@torch.no_grad()
+def attention_patterns(model: Transformer, ids: list[int]) -> np.ndarray:
+    """Attention probabilities of a prompt: (layers, heads, T, T), float32."""
+    device = model.tok_embeddings.weight.device
+    _, attns = model(torch.tensor([ids], device=device), return_attn=True)
+    return torch.stack([a[0].float() for a in attns]).cpu().numpy()
+
+
+def save_attention(folder: Path, probs: np.ndarray, labels: list[str], ids: list[int], layer: int, head: int) -> list[str]:
+    """attention.npz (full precision), attention.json (for the explorer) and one head's heatmap SVG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "attention.npz", probs=probs, ids=np.array(ids))
+    write_json(folder / "attention.json", {
+        "tokens": labels, "ids": ids, "layers": probs.shape[0], "heads": probs.shape[1],
+        "probs": np.round(probs, 4).tolist(),  # [layer][head][query][key]
+    })
+    svg = f"attention_L{layer}_H{head}.svg"
+    write_text(folder / svg, heatmap_svg(probs[layer, head], labels, f"attention, layer {layer}, head {head}"))
+    return ["attention.npz", "attention.json", svg]
+
+
+def heatmap_svg(matrix: np.ndarray, labels: list[str], title: str, cell: int = 18) -> str:
+    """Rows are queries, columns keys; darker is more attention."""
+    n = len(labels)
+    left, top = 110, 40 + 100
+    width, height = left + n * cell + 20, top + n * cell + 20
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="system-ui, sans-serif" font-size="11">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="12" y="22" font-size="14" font-weight="bold">{escape(title)}</text>',
+    ]
+    for i, label in enumerate(labels):
+        text = escape(label[:14])
+        parts.append(f'<text x="{left - 6}" y="{top + i * cell + 13}" text-anchor="end">{text}</text>')
+        x = left + i * cell + 13
+        parts.append(f'<text x="{x}" y="{top - 6}" transform="rotate(-60 {x} {top - 6})">{text}</text>')
+    for i in range(n):
+        for j in range(n):
+            p = float(matrix[i, j])
+            shade = int(255 * (1 - p))
+            parts.append(
+                f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" '
+                f'fill="rgb({shade},{shade},255)"><title>{escape(labels[i])} → {escape(labels[j])}: {p:.3f}</title></rect>'
+            )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+@torch.no_grad()
+def nearest_tokens(model: Transformer, token_id: int, k: int = 10) -> list[tuple[int, float]]:
+    """The k tokens whose embeddings have the highest cosine similarity to token_id's."""
+    emb = model.tok_embeddings.weight.float()
+    if not 0 <= token_id < emb.shape[0]:
+        raise ValueError(f"token id {token_id} is outside the vocabulary (0..{emb.shape[0] - 1})")
+    sims = torch.nn.functional.cosine_similarity(emb, emb[token_id][None], dim=-1)
+    sims[token_id] = -2.0  # not itself
+    top = sims.topk(min(k, emb.shape[0] - 1))
+    return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
+
+
+def write_breakdown(folder: Path, config: ModelConfig) -> dict:
+    """anatomy.json (every tensor) and roles.svg; returns the per-role totals."""
+    rows = tensor_rows(config)
+    totals = role_totals(rows)
+    write_json(folder / "anatomy.json", {"tensors": rows, "roles": totals, "total": sum(r["params"] for r in rows)})
+    write_text(folder / "roles.svg", roles_chart(totals))
+    return totals
+
+
+def inspect_stage(model_dir: str | Path, out_dir: str | Path, prompt: str | None = None, layer: int = 0, head: int = 0) -> dict:
+    """Stage 07 for a trained model folder: breakdown, attention on a prompt, nearest tokens."""
+    from tokenmill.model.io import load_model
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model = load_model(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    totals = write_breakdown(out_dir, model.config)
+    prompt = prompt or "The quick brown fox jumps over the lazy dog."
+    if tokenizer is not None:
+        ids = tokenizer.encode(prompt).ids[: model.config.context_length]
+    else:
+        ids = [b % model.config.vocab_size for b in prompt.encode()][: model.config.context_length]
+    labels = token_labels(ids, tokenizer)
+    save_attention(out_dir, attention_patterns(model, ids), labels, ids, layer, head)
+    neighbours = {labels[i]: [(token_labels([j], tokenizer)[0], round(s, 4)) for j, s in nearest_tokens(model, ids[i])]
+                  for i in range(min(5, len(ids)))}
+    write_json(out_dir / "nearest.json", neighbours)
+    return {"params": sum(t["params"] for t in totals.values()), "prompt_tokens": len(ids)}

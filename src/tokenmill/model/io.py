@@ -1,0 +1,120 @@
+"""The model folder: `model.json` + `model.safetensors` (+ tokenizer files), self-contained.
+
+Weights are read with safetensors only, never unpickled. A tied output head is stored once,
+as the token embedding.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tokenmill.atomic import tmp_sibling, write_text
+from tokenmill.errors import TokenmillError
+from tokenmill.model.config import ModelConfig, config_json, read_config
+from tokenmill.model.transformer import Transformer
+
+WEIGHTS = "model.safetensors"
+# Files of a tokenizer that travel with a model (Hugging Face names).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "added_tokens.json",
+)
+TIED = "output.weight"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(config: ModelConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Transformer:
+    """A freshly initialised model on `device` (CUDA when present)."""
+    with torch.device(device or default_device()):
+        model = Transformer(config)
+    return model.to(dtype) if dtype is not None else model
+
+
+def state_dict_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del state[TIED]
+    return state
+
+
+def save_model(model: Transformer, folder: str | Path) -> Path:
+    """Write model.json and model.safetensors into `folder` (each file atomically)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_weights(state_dict_for_saving(model), folder / WEIGHTS)
+    write_text(folder / "model.json", config_json(model.config))
+    return folder
+
+
+def write_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """save_file, atomically: a killed write never leaves a torn file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_sibling(path)
+    try:
+        save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_state(model: Transformer, state: dict[str, torch.Tensor], where: str) -> Transformer:
+    """Put `state` into a model built on the meta device (no memory spent on a throwaway init)."""
+    expected = set(model.state_dict()) - ({TIED} if model.config.tie_embeddings else set())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise TokenmillError(
+            f"{where} does not match its model.json: missing {missing[:5] or 'nothing'}, unexpected {unexpected[:5] or 'nothing'}"
+        )
+    for name, param in model.state_dict().items():
+        if name in state and tuple(state[name].shape) != tuple(param.shape):
+            raise TokenmillError(f"{where}: {name} has shape {tuple(state[name].shape)}, model.json implies {tuple(param.shape)}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    model.init_buffers(next(iter(state.values())).device)
+    return model
+
+
+def load_model(
+    folder: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Transformer:
+    """The model of a folder, in eval mode, on `device` (CUDA when present), in its stored dtype
+    unless `dtype` is given. `model(input_ids)` returns logits (batch, seq, vocab)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise TokenmillError(f"no weights in {folder}: {WEIGHTS} is missing")
+    device = torch.device(device) if device is not None else default_device()
+    state = load_file(str(path), device=str(device))
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    with torch.device("meta"):
+        model = Transformer(config)
+    return load_state(model, state, str(path)).eval()
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the tokenizer files found in `src` to `dst`; return their names."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            copied.append(name)
+    return copied

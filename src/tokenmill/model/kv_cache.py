@@ -1,0 +1,53 @@
+"""The KV cache: keys and values of earlier tokens, kept so that decoding one token costs one token.
+
+The model talks to a cache through one call, made by every attention layer:
+
+    keys, values = cache.update(layer_idx, k, v, positions)
+
+`k` and `v` are the new tokens' keys and values, (batch, n_kv_heads, T, head_dim), at
+`positions` (T,) or (batch, T). The cache stores them and returns every key and value the new
+tokens may attend to, (batch, n_kv_heads, S, head_dim), with the token at position p at index
+p; the model masks what a query must not see (later positions, slots not yet written). A paged
+cache (blocks and block tables, as in vLLM) plugs in by implementing the same call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokenmill.model.config import ModelConfig
+
+
+class KVCache:
+    """One contiguous (batch, n_kv_heads, max_len, head_dim) buffer per layer for keys and for values."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.max_len = max_len or config.context_length
+        shape = (batch_size, config.n_kv_heads, self.max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.end = 0  # one past the furthest position written in the current step
+
+    def update(
+        self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_idx == 0:
+            # Every layer of one forward pass writes the same positions: look them up once.
+            self.end = int(positions.max()) + 1
+            if self.end > self.max_len:
+                raise ValueError(f"position {self.end - 1} does not fit a KV cache of {self.max_len} tokens")
+        if positions.dim() == 1:
+            self.k[layer_idx][:, :, positions] = k
+            self.v[layer_idx][:, :, positions] = v
+        else:
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            self.k[layer_idx][rows, :, positions] = k.transpose(1, 2)
+            self.v[layer_idx][rows, :, positions] = v.transpose(1, 2)
+        return self.k[layer_idx][:, :, : self.end], self.v[layer_idx][:, :, : self.end]

@@ -1,0 +1,268 @@
+"""One decoder-only transformer whose every architectural choice is a field of `ModelConfig`.
+
+    logits = model(input_ids)                                  # (batch, seq, vocab)
+    logits = model(ids, positions=pos, cache=kv_cache)         # decoding with a KV cache
+    logits, attn = model(ids, return_attn=True)                # attn[layer]: (batch, heads, seq, keys)
+
+Parameter names (`layers.3.attn.wqkv.weight`, `layers.3.ffn.w1.weight`, ...) follow Meta's
+LLaMA code; `hf.py` maps them to each Hugging Face layout. How the model is parallelised is
+not its business (see the pre-training package).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenmill.model.config import ModelConfig
+from tokenmill.model.positions import alibi_slopes, apply_rope, rope_cos_sin, rope_frequencies, sinusoidal
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin, (..., 1, T, rotary_dim)
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm; RMSNorm computes in float32 as LLaMA and Gemma do."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.kind, self.eps, self.unit_offset = config.norm, config.norm_eps, config.norm_unit_offset
+        self.weight = nn.Parameter(torch.empty(config.d_model))
+        self.bias = nn.Parameter(torch.empty(config.d_model)) if config.norm_bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.unit_offset:
+            nn.init.zeros_(self.weight)
+        else:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            # Gemma scales before casting back; LLaMA casts, then scales.
+            return (x32 * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * x32.type_as(x)
+
+
+class AttentionMask:
+    """The additive attention bias of one forward pass: causal, sliding window and ALiBi.
+
+    Every layer attends to the same keys, so the bias is built once per key length and shared.
+    None means plain causal attention over a fresh sequence, which SDPA does without a mask.
+    """
+
+    def __init__(self, positions: torch.Tensor, window: int | None, slopes: torch.Tensor | None, plain: bool) -> None:
+        self.positions, self.window, self.slopes, self.plain = positions, window, slopes, plain
+        self.built: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.plain:
+            return None
+        if (n_keys, dtype) not in self.built:
+            distance = self.positions[..., :, None] - torch.arange(n_keys, device=self.positions.device)  # (..., T, S)
+            allowed = distance >= 0
+            if self.window is not None:
+                allowed &= distance < self.window
+            bias = torch.zeros(distance.shape, dtype=dtype, device=distance.device).masked_fill(~allowed, float("-inf"))
+            bias = bias.unsqueeze(-3)  # a heads axis: (..., 1, T, S)
+            if self.slopes is not None:
+                bias = bias - (self.slopes[:, None, None] * distance.unsqueeze(-3)).to(dtype)
+            self.built[(n_keys, dtype)] = bias if bias.dim() == 4 else bias.unsqueeze(0)
+        return self.built[(n_keys, dtype)]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.split = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
+        self.wqkv = nn.Linear(config.d_model, sum(self.split), bias=config.bias)  # Q, K and V in one GEMM
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(
+        self, x: torch.Tensor, rope: Rope | None, mask: AttentionMask, cache, positions: torch.Tensor, return_attn: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v, positions)
+        bias = mask(k.shape[-2], q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        probs = None
+        if return_attn:
+            # The explicit path: SDPA does not hand out its probabilities.
+            groups = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5 + bias
+            probs = scores.float().softmax(dim=-1).to(q.dtype)
+            y = F.dropout(probs, dropout, self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=bias is None,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            )
+        return self.wo(y.transpose(1, 2).reshape(batch, seq, -1)), probs
+
+
+class FeedForward(nn.Module):
+    """w2(act(w1 x)), or w2(act(w1 x) * w3 x) when gated (SwiGLU, GeGLU; Shazeer, 2020)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.kind, self.approx = config.mlp, config.gelu_approx
+        self.w1 = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.w2 = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.w3 = nn.Linear(config.d_model, config.d_ff, bias=config.bias) if config.gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.w1(x)
+        if self.kind == "swiglu":
+            h = F.silu(h)
+        elif self.kind in ("gelu", "geglu"):
+            h = F.gelu(h, approximate=self.approx)
+        elif self.kind == "relu":
+            h = F.relu(h)
+        else:  # relu2: squared ReLU (So et al., 2021, Primer)
+            h = F.relu(h).square()
+        if self.w3 is not None:
+            h = h * self.w3(x)
+        return self.w2(h)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.norm_place, self.parallel = config.norm_place, config.parallel_block
+        self.attn_norm = Norm(config)
+        self.attn = Attention(config, layer_idx)
+        self.ffn_norm = None if config.parallel_shared_norm else Norm(config)
+        self.ffn = FeedForward(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, rope: Rope | None, mask: AttentionMask, cache, positions: torch.Tensor, return_attn: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.parallel:
+            h = self.attn_norm(x)
+            a, probs = self.attn(h, rope, mask, cache, positions, return_attn)
+            m = self.ffn(h if self.ffn_norm is None else self.ffn_norm(x))
+            return x + self.drop(a) + self.drop(m), probs
+        if self.norm_place == "pre":
+            a, probs = self.attn(self.attn_norm(x), rope, mask, cache, positions, return_attn)
+            x = x + self.drop(a)
+            return x + self.drop(self.ffn(self.ffn_norm(x))), probs
+        # Post-norm, as in the original Transformer: normalise each residual sum.
+        a, probs = self.attn(x, rope, mask, cache, positions, return_attn)
+        x = self.attn_norm(x + self.drop(a))
+        return self.ffn_norm(x + self.drop(self.ffn(x))), probs
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        if config.position == "learned":
+            self.pos_embeddings = nn.Embedding(config.context_length, config.d_model)
+        self.embed_norm = Norm(config) if config.embedding_norm else None
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        # A post-norm stack already ends in a norm.
+        self.norm = Norm(config) if config.norm_place == "pre" else None
+        self.output = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.tie_weights()
+        if not self.tok_embeddings.weight.is_meta:  # a meta model is for shapes, or to be loaded into
+            self.init_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights; residual projections scaled by 1/√(2·n_layers) (GPT-2)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, Norm):
+                module.reset_parameters()
+            elif isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.layers:
+            for proj in (block.attn.wo, block.ffn.w2):
+                nn.init.normal_(proj.weight, std=std / math.sqrt(2 * self.config.n_layers))
+        self.init_buffers()
+
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """RoPE frequencies and ALiBi slopes, computed, never saved; call after loading onto a device."""
+        device = device or self.tok_embeddings.weight.device
+        self.rope_scale = 1.0
+        if self.config.position == "rope":
+            inv_freq, self.rope_scale = rope_frequencies(self.config)
+            self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+        if self.config.position == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(self.config.n_heads).to(device), persistent=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache=None,
+        return_attn: bool = False,
+    ):
+        """Logits (batch, seq, vocab); with `return_attn`, also each layer's attention probabilities.
+
+        `positions` (seq,) or (batch, seq) default to 0..seq-1; a `cache` (see kv_cache.py) keeps
+        the keys and values of earlier positions.
+        """
+        h, attns = self.hidden_states(input_ids, positions, cache, return_attn)
+        logits = self.output(h)
+        return (logits, attns) if return_attn else logits
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None, return_attn: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The final hidden states (batch, seq, d_model) before the output head, and attentions."""
+        config = self.config
+        fresh = positions is None
+        if fresh:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tok_embeddings(input_ids)
+        if config.scale_embeddings:
+            x = x * torch.tensor(config.d_model**0.5, dtype=x.dtype)
+        if config.position == "learned":
+            x = x + self.pos_embeddings(positions)
+        elif config.position == "sinusoidal":
+            x = x + sinusoidal(positions, config.d_model).to(x.dtype)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x = self.drop(x)
+        rope = None
+        if config.position == "rope":
+            cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale, x.dtype)
+            rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))  # broadcast over heads
+        slopes = self.alibi_slopes if config.position == "alibi" else None
+        plain = fresh and cache is None and slopes is None and config.sliding_window is None and not return_attn
+        mask = AttentionMask(positions, config.sliding_window, slopes, plain)
+        attns = []
+        for layer in self.layers:
+            x, probs = layer(x, rope, mask, cache, positions, return_attn)
+            attns.append(probs)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x, attns
