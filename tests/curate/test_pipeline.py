@@ -433,3 +433,21 @@ def test_curate_config_runs_every_real_block_in_order(tmp_path):
     assert result["metrics"]["documents_kept"] == len(docs) - 2 - by_name["fuzzy_dedup"]["docs_in"] + by_name["fuzzy_dedup"]["docs_out"]
     assert set(result["figures"]) >= {"curation.svg", "mixture.svg"}
     assert all((tmp_path / "out" / f).is_file() for f in result["figures"])
+
+
+def test_removed_samples_never_publish_pii_that_the_run_redacts(tmp_path):
+    """A block before PII redaction removes a document; its sample must not show the address."""
+    from tokenmill.curate.pii import PIIRedactor
+
+    docs = [Document("a", "mail jane.doe@gmail.com now", "web"), Document("b", "a longer kept document, long enough", "web")]
+    inputs = write_input(tmp_path / "in", docs)
+    _, stats, out = run(tmp_path, [DropShort(min_chars=30), PIIRedactor()], inputs)
+    assert [d.id for d in out] == ["b"]
+    sample = stats["blocks"][0]["removed"]["drop_short.too_short"]["samples"][0]
+    assert sample["excerpt"] == "mail <EMAIL> now"
+    published = (tmp_path / "out" / "removed_samples.jsonl").read_text()
+    assert "jane.doe" not in published and "<EMAIL>" in published
+
+    # Without the PII block, the run keeps raw excerpts (nothing asked for redaction).
+    _, stats, _ = run(tmp_path, [DropShort(min_chars=30)], inputs, name="raw", work="work2")
+    assert stats["blocks"][0]["removed"]["drop_short.too_short"]["samples"][0]["excerpt"] == docs[0].text

@@ -49,6 +49,7 @@ from tokenmill.curate.report import (
     merge_block_stats,
     print_table,
     publish_fit_figures,
+    redact_samples,
     sum_domains,
     total_counts,
     write_samples,
@@ -160,6 +161,7 @@ def run_blocks(
     report["output_shards"] = len(final)
     report["executor"] = {"kind": executor.kind, "workers": workers, "task_bytes": executor.task_bytes}
     report["seconds"] = round(time.perf_counter() - start, 3)
+    redact_samples(report["blocks"], blocks)
     write_json(out_dir / "stats.json", report)
     write_samples(out_dir / "removed_samples.jsonl", report["blocks"])
     write_text(out_dir / "curation.svg", kept_chart(report))

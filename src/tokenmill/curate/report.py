@@ -13,6 +13,7 @@ from typing import Any
 
 from tokenmill.atomic import write_text
 from tokenmill.curate.block import Block, BlockStats, CorpusBlock
+from tokenmill.curate.pii import PIIRedactor
 from tokenmill.figures import bar_chart_svg, human_bytes
 
 FIT_SUMMARIES = ("done.json", "metrics.json")  # a corpus block's own summary of its fit, copied into stats.json
@@ -109,6 +110,21 @@ def total_counts(report: dict[str, Any]) -> dict[str, Any]:
         "docs_removed": docs_in - docs_out, "bytes_removed": bytes_in - bytes_out,
         "errors": sum(b["errors"] for b in report["blocks"]),
     }
+
+
+def redact_samples(report_blocks: list[dict], blocks: list[Block]) -> None:
+    """Run the PII block over every sample excerpt, when the run redacts PII.
+
+    Blocks before PII redaction keep raw excerpts of what they remove; published as they are,
+    stats.json would leak the very addresses the run was configured to remove.
+    """
+    redactor = next((b for b in blocks if isinstance(b, PIIRedactor) and b.enabled), None)
+    if redactor is None:
+        return
+    for b in report_blocks:
+        for r in b["removed"].values():
+            for sample in r["samples"]:
+                sample["excerpt"] = redactor.redact(sample["excerpt"], redactor.find(sample["excerpt"]))
 
 
 def write_samples(path: Path, blocks: list[dict]) -> None:
