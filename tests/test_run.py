@@ -29,7 +29,7 @@ def manifest(run_dir: Path) -> dict:
 
 def test_stage_records_manifest_and_skips_when_unchanged(tmp_path, jsonl_corpus, capsys):
     run_dir = tmp_path / "run"
-    run_pipeline(config_for(run_dir, jsonl_corpus))
+    run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
     entry = manifest(run_dir)["stages"]["01_data"]
     assert entry["status"] == "done"
     assert entry["metrics"]["documents"] == 50
@@ -39,32 +39,32 @@ def test_stage_records_manifest_and_skips_when_unchanged(tmp_path, jsonl_corpus,
     assert (run_dir / "config.yaml").exists()
 
     capsys.readouterr()
-    run_pipeline(config_for(run_dir, jsonl_corpus))
+    run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
     assert "[01_data] up to date, skipped" in capsys.readouterr().err
     assert manifest(run_dir)["stages"]["01_data"]["finished_at"] == entry["finished_at"]
 
 
 def test_changed_config_or_input_reruns(tmp_path, jsonl_corpus, capsys):
     run_dir = tmp_path / "run"
-    run_pipeline(config_for(run_dir, jsonl_corpus))
+    run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
     capsys.readouterr()
-    run_pipeline(config_for(run_dir, jsonl_corpus, "data.shard_bytes=100"))
+    run_pipeline(config_for(run_dir, jsonl_corpus, "data.shard_bytes=100"), to_stage="data")
     assert "up to date" not in capsys.readouterr().err
     assert len(manifest(run_dir)["stages"]["01_data"]["outputs"]) > 3  # many small shards now
 
     time.sleep(0.01)
     write_jsonl(jsonl_corpus, ["a changed corpus"])
-    run_pipeline(config_for(run_dir, jsonl_corpus, "data.shard_bytes=100"))
+    run_pipeline(config_for(run_dir, jsonl_corpus, "data.shard_bytes=100"), to_stage="data")
     assert "up to date" not in capsys.readouterr().err
     assert manifest(run_dir)["stages"]["01_data"]["metrics"]["documents"] == 1
 
 
 def test_damaged_output_reruns(tmp_path, jsonl_corpus, capsys):
     run_dir = tmp_path / "run"
-    run_pipeline(config_for(run_dir, jsonl_corpus))
+    run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
     (run_dir / "01_data" / "shards" / "shard-00000.jsonl.zst").write_bytes(b"torn")
     capsys.readouterr()
-    run_pipeline(config_for(run_dir, jsonl_corpus))
+    run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
     assert "up to date" not in capsys.readouterr().err
     assert len(list(read_shards(shard_paths(run_dir / "01_data" / "shards")))) == 50
 
@@ -73,7 +73,7 @@ def test_from_and_to(tmp_path, jsonl_corpus, capsys):
     run_dir = tmp_path / "run"
     run_pipeline(config_for(run_dir, jsonl_corpus), to_stage="data")
     capsys.readouterr()
-    run_pipeline(config_for(run_dir, jsonl_corpus), from_stage="01")
+    run_pipeline(config_for(run_dir, jsonl_corpus), from_stage="01", to_stage="data")
     assert "up to date" not in capsys.readouterr().err
     assert find_stage("01_data") == find_stage("data") == find_stage("1") == 0
     with pytest.raises(TokenmillError, match="unknown stage 'tokenise'.*01_data"):
@@ -113,3 +113,23 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
     assert len(docs) == 40_000 and docs[-1].text.startswith("line 39999 ")
     assert len({d.id for d in docs}) == 40_000
     assert manifest(run_dir)["stages"]["01_data"]["status"] == "done"
+
+
+def test_whole_pipeline_and_downstream_invalidation(tmp_path, capsys):
+    """01 -> 04 on a slice of the built-in corpus; a tokenizer change re-runs only what follows it."""
+    preset = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    small = [f"run_dir={tmp_path / 'run'}", "data.sources.0.max_bytes=1500000", "tokenizer.vocab_size=1024"]
+    run_pipeline(load_config(preset, small))
+    stages = manifest(tmp_path / "run")["stages"]
+    assert list(stages) == ["01_data", "02_curate", "03_tokenizer", "03_encode", "04_model"]
+    assert all(s["status"] == "done" for s in stages.values())
+    assert stages["04_model"]["metrics"]["vocab_size"] == 1024
+    assert stages["03_encode"]["inputs"]["03_tokenizer"] == stages["03_tokenizer"]["output_fingerprint"]
+
+    capsys.readouterr()
+    run_pipeline(load_config(preset, [*small[:2], "tokenizer.vocab_size=2048"]))
+    log = capsys.readouterr().err
+    assert "[01_data] up to date, skipped" in log and "[02_curate] up to date, skipped" in log
+    for rerun in ("03_tokenizer", "03_encode", "04_model"):
+        assert f"[{rerun}] done" in log
+    assert manifest(tmp_path / "run")["stages"]["04_model"]["metrics"]["vocab_size"] == 2048

@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenmill import __version__
 from tokenmill.errors import TokenmillError
 from tokenmill.model import cli as model_cli
+from tokenmill.tokenizer import cli as tokenizer_cli
 
 EPILOG = "Documentation: docs/ in the tokenmill repository. Every verb has its own --help."
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="verbs", metavar="VERB", required=True)
     _add_run(sub)
     _add_data(sub)
+    tokenizer_cli.register(sub)
     model_cli.register(sub)
     return parser
 

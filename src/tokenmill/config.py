@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenmill.curate.config import CurateConfig
 from tokenmill.errors import ConfigError
+from tokenmill.model.config import ModelSection
+from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 from tokenmill.sources.local import LocalCorpusSource
 from tokenmill.sources.registry import SOURCE_KINDS, AnySource
 
@@ -37,6 +39,9 @@ class RunConfig(Section):
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name

@@ -64,6 +64,34 @@ def _run_curate(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
     return StageResult(metrics=result["metrics"], figures=result["figures"])
 
 
+def _run_tokenizer(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.shards import shard_paths
+    from tokenmill.tokenizer import train_tokenizer
+
+    # The curated shards already hold the mixture (domains repeated or sampled by their
+    # weights), so the tokenizer samples them as they are: weighting again would square it.
+    metrics = train_tokenizer(shard_paths(run.stage_dir("02_curate") / "shards"), config.tokenizer, out, seed=config.seed)
+    return StageResult(metrics=metrics, figures=["compression.svg", "vocabulary.svg"])
+
+
+def _run_encode(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.shards import shard_paths
+    from tokenmill.tokenizer import encode_corpus
+
+    stats = encode_corpus(
+        shard_paths(run.stage_dir("02_curate") / "shards"), run.stage_dir("03_tokenizer"), out, config.encode
+    )
+    return StageResult(metrics=stats, figures=["tokens.svg"])
+
+
+def _run_model(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.model.stage import build_model_stage
+    from tokenmill.tokenizer import Tokenizer
+
+    vocab_size = Tokenizer.load(run.stage_dir("03_tokenizer")).vocab_size
+    return StageResult(metrics=build_model_stage(config.model, vocab_size, out), figures=["params.svg"])
+
+
 def _no_external_inputs(config: RunConfig) -> str:
     return ""
 
@@ -78,6 +106,23 @@ STAGES: list[Stage] = [
         _run_curate,
         _no_external_inputs,
     ),
+    Stage(
+        "03_tokenizer",
+        "tokenizer",
+        "train the tokenizer on the curated mixture and freeze it",
+        ("02_curate",),
+        _run_tokenizer,
+        _no_external_inputs,
+    ),
+    Stage(
+        "03_encode",
+        "encode",
+        "encode the curated corpus into token shards",
+        ("02_curate", "03_tokenizer"),
+        _run_encode,
+        _no_external_inputs,
+    ),
+    Stage("04_model", "model", "fix the architecture: model.json and its parameter breakdown", ("03_tokenizer",), _run_model, _no_external_inputs),
 ]
 
 

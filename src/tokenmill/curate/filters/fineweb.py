@@ -1,10 +1,14 @@
-"""The FineWeb rules (Penedo et al. 2024, "The FineWeb Datasets"): three page-level rules the
-authors found, by ablation, to remove what Gopher and C4 leave behind (lists, menus and
-boilerplate repeated down a page), and the share of newlines that marks a list.
+"""The FineWeb rules (Penedo et al. 2024, "The FineWeb Datasets"): page-level rules the
+authors found, by ablation, to remove what Gopher and C4 leave behind (lists, menus, and
+boilerplate repeated down a page).
 
-Thresholds are FineWeb's: at least 12% of lines end in terminal punctuation, at most 67% of
-lines are 30 characters or shorter, at most 1% of characters sit in duplicated lines, at
-most 0.3 newlines per word (words and punctuation marks, as datatrove counts them).
+Thresholds are those of datatrove's FineWebQualityFilter, with which FineWeb was built: at
+least 12% of lines end in terminal punctuation, at most 67% of lines are 30 characters or
+shorter, at most 1% of characters sit in duplicated lines, at most 0.3 newlines per word
+(words and punctuation marks, as datatrove counts them). FineWeb ran C4's rules with the
+line-level punctuation rule off, the first rule here taking its place; in tokenmill that is
+`c4: {filter_no_terminal_punct: false}`.
+
 Terminal punctuation is the Unicode Sentence_Terminal class (. ! ? 。 ।, ...), the set
 datatrove's implementation lists by hand; unlike datatrove, trailing spaces do not hide it.
 """

@@ -20,7 +20,7 @@ import regex
 TOKEN = re.compile(
     r"\b(?:[^\W\d_]\.){2,}"  # initialisms: e.g. i.e. U.S.
     r"|\b(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|vs)\."  # titles, which would otherwise end a sentence
-    r"|-*\w(?:\S*\w)?"  # first to last word character of a space-free run: 3.5, a@b.org, --help
+    r"|[-/]*\w(?:\S*\w)?"  # first to last word character of a space-free run: 3.5, a@b.org, --help, /etc
     r"|([^\w\s])\1*"  # any other mark; a run of the same mark is one token: ( -- ... ====
 )
 # spaCy's infixes: a hyphen or one of : < > = / between a letter or digit and a letter, an
@@ -44,7 +44,7 @@ def tokens(text: str) -> list[str]:
 
 
 def is_word(token: str) -> bool:
-    """A token with a letter, digit or underscore, not a mark."""
+    """A word or a number, not a mark (only a word token ends in a word character)."""
     return token[-1].isalnum() or token[-1] == "_"
 
 
