@@ -23,12 +23,7 @@ GB = 1e9
 SMALL = dict(vocab_size=64, context_length=16, d_model=32, n_layers=2, n_heads=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_cli(*argv: str) -> int:

@@ -15,13 +15,7 @@ from tokenmill.model.config import ModelConfig
 from tokenmill.model.kv_cache import KVCache
 from tokenmill.model.transformer import Transformer
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models spend their time in thread hand-offs: on a busy 2-core machine, 2 threads run 20× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BASE = dict(vocab_size=64, context_length=16, d_model=32, n_layers=2, n_heads=4, d_ff=48)

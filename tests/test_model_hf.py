@@ -50,13 +50,12 @@ CASES = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def quiet_transformers():
     transformers.logging.set_verbosity_error()
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_hf_model(config, folder, dtype=torch.float32):

@@ -13,7 +13,7 @@ from tokenmill.errors import TokenmillError
 from tokenmill.run import find_stage, run_pipeline
 from tokenmill.shards import read_shards, shard_paths
 
-from conftest import write_jsonl
+from jsonl_files import write_jsonl
 
 
 def config_for(run_dir: Path, corpus: Path, *extra: str):

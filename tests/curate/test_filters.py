@@ -4,13 +4,10 @@ off; and keep/drop decisions match datatrove's implementations of the same rules
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from harness import run_pipeline
 
 from tokenmill.curate.block import BlockStats, DocumentBlock
-from tokenmill.curate.executor import ExecutorConfig
 from tokenmill.curate.filters.c4 import C4Filter
 from tokenmill.curate.filters.fineweb import FineWebFilter
 from tokenmill.curate.filters.gopher import (
@@ -21,9 +18,6 @@ from tokenmill.curate.filters.gopher import (
     top_n_gram_chars,
 )
 from tokenmill.curate.filters.text import count_sentences, find_duplicates, lines, paragraphs, tokens
-from tokenmill.curate.mixture import Mixture
-from tokenmill.curate.pipeline import run_blocks
-from tokenmill.shards import ShardWriter, read_shards, shard_paths
 from tokenmill.sources.document import Document
 
 ARTICLE = """The city council voted on Tuesday to approve a $4.2 million renovation of the Main Street library, ending more than two years of debate over the future of the century-old building.
@@ -332,18 +326,6 @@ def test_fineweb_sees_terminal_punctuation_of_any_script_and_past_trailing_space
 
 
 # --- in the pipeline ---------------------------------------------------------------------------
-
-
-def run_pipeline(tmp_path: Path, blocks: list[DocumentBlock], docs: list[Document], name: str):
-    with ShardWriter(tmp_path / "in") as w:
-        for d in docs:
-            w.write(d)
-    run_blocks(
-        sorted((tmp_path / "in").glob("*.jsonl.zst")), blocks, Mixture(enabled=False), ExecutorConfig(workers=1),
-        tmp_path / name, tmp_path / f"work-{name}", seed=0, progress=False,
-    )
-    stats = json.loads((tmp_path / name / "stats.json").read_text())
-    return stats, {d.id: d for d in read_shards(shard_paths(tmp_path / name / "shards"))}
 
 
 def test_in_the_pipeline_enabled_disabled_and_code_left_alone(tmp_path):

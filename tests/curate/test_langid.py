@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import pickle
-from pathlib import Path
 
 import pytest
+from harness import run_pipeline
 from pydantic import ValidationError
 
 from tokenmill.curate.block import BlockStats
-from tokenmill.curate.executor import ExecutorConfig
 from tokenmill.curate.langid import LanguageFilter, classify, identifier
-from tokenmill.curate.mixture import Mixture
-from tokenmill.curate.pipeline import run_blocks
-from tokenmill.shards import ShardWriter, read_shards, shard_paths
 from tokenmill.sources.document import Document
 
 TEXTS = {
@@ -114,29 +109,17 @@ def test_pickles_without_the_model():
     assert len(pickle.dumps(block)) < 2_000
 
 
-def run_pipeline(tmp_path: Path, block: LanguageFilter, docs: list[Document], name: str):
-    with ShardWriter(tmp_path / "in") as w:
-        for d in docs:
-            w.write(d)
-    run_blocks(
-        sorted((tmp_path / "in").glob("*.jsonl.zst")), [block], Mixture(enabled=False), ExecutorConfig(workers=1),
-        tmp_path / name, tmp_path / f"work-{name}", seed=0, progress=False,
-    )
-    stats = json.loads((tmp_path / name / "stats.json").read_text())
-    return stats, {d.id: d for d in read_shards(shard_paths(tmp_path / name / "shards"))}
-
-
 def test_in_the_pipeline_enabled_disabled_and_code_left_alone(tmp_path):
     docs = [
         Document("en", TEXTS["en"], "web"),
         Document("fr", TEXTS["fr"], "web"),
         Document("fr_comment", "# Calcule la surface du cercle.\ndef surface(r):\n    return 3.14 * r * r\n", "code"),
     ]
-    stats, kept = run_pipeline(tmp_path, LanguageFilter(), docs, "on")
+    stats, kept = run_pipeline(tmp_path, [LanguageFilter()], docs, "on")
     assert sorted(kept) == ["en", "fr_comment"]
     assert kept["en"].meta["lang"] == "en" and "lang" not in kept["fr_comment"].meta
     (entry,) = stats["blocks"]
     assert entry["removed"]["language.not_allowed"]["docs"] == 1
 
-    stats, kept = run_pipeline(tmp_path, LanguageFilter(enabled=False), docs, "off")
+    stats, kept = run_pipeline(tmp_path, [LanguageFilter(enabled=False)], docs, "off")
     assert sorted(kept) == ["en", "fr", "fr_comment"] and stats["disabled_blocks"] == ["language"]

@@ -2,18 +2,15 @@
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import fit, fit_corpus, run, write_shards
 from pydantic import ValidationError
 
-from tokenmill.curate.block import BlockStats, FitContext
-from tokenmill.curate.executor import LocalExecutor
 from tokenmill.curate.ngram import NGramLM
 from tokenmill.curate.perplexity import PerplexityFilter
 from tokenmill.curate.reference import choose_reference
-from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 
 NOUNS = "cat dog bird fish horse cow sheep goat mouse rat".split()
@@ -46,40 +43,9 @@ def corpus() -> list[Document]:
     return docs
 
 
-def write_shards(folder: Path, docs: list[Document], shards: int = 1) -> list[Path]:
-    paths = []
-    size = -(-len(docs) // shards)
-    for k in range(shards):
-        with ShardWriter(folder, prefix=f"in{k}") as w:
-            for d in docs[k * size : (k + 1) * size]:
-                w.write(d)
-        paths += w.paths
-    return paths
-
-
-def fit(block: PerplexityFilter, shards: list[Path], workdir: Path, seed: int = 0) -> PerplexityFilter:
-    block.fit(FitContext(shards=shards, workdir=workdir, executor=LocalExecutor(1, progress=False), seed=seed))
-    block.load(workdir)
-    return block
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ppl")
-    docs = corpus()
-    shards = write_shards(root / "in", docs)
-    block = fit(PerplexityFilter(), shards, root / "work")
-    return block, root / "work", docs, shards
-
-
-def run(block: PerplexityFilter, docs: list[Document]) -> tuple[list[Document], BlockStats]:
-    stats, kept = BlockStats(block.name), []
-    for d in docs:
-        d = Document(d.id, d.text, d.source, dict(d.meta))
-        if block.applies_to(d) and block.apply(d, stats) is None:
-            continue
-        kept.append(d)
-    return kept, stats
+    return fit_corpus(tmp_path_factory.mktemp("ppl"), PerplexityFilter(), corpus())
 
 
 def test_reference_is_the_highest_priority_domain_present():

@@ -1,15 +1,11 @@
-import json
 import pickle
 
 import pytest
+from harness import run_pipeline
 from pydantic import ValidationError
 
 from tokenmill.curate.block import BlockStats
-from tokenmill.curate.executor import ExecutorConfig
-from tokenmill.curate.mixture import Mixture
 from tokenmill.curate.pii import PIIRedactor, card_issuer, luhn_valid
-from tokenmill.curate.pipeline import run_blocks
-from tokenmill.shards import ShardWriter, read_shards, shard_paths
 from tokenmill.sources.document import Document
 
 
@@ -245,19 +241,12 @@ def test_in_the_pipeline_redacted_shards_and_counters(tmp_path):
         Document("b", "__author__ = 'Ann <ann@python.org>'  # from 93.184.216.34", "code"),
         Document("c", "Nothing here but version 2.10.4.1 and ISBN 978-3-16-148410-0.", "manuals"),
     ]
-    with ShardWriter(tmp_path / "in") as w:
-        for d in docs:
-            w.write(d)
-    run_blocks(
-        sorted((tmp_path / "in").glob("*.jsonl.zst")), [PIIRedactor()], Mixture(enabled=False), ExecutorConfig(workers=1),
-        tmp_path / "out", tmp_path / "work", seed=0, progress=False,
-    )
-    kept = {d.id: d.text for d in read_shards(shard_paths(tmp_path / "out" / "shards"))}
-    assert kept == {
+    stats, kept = run_pipeline(tmp_path, [PIIRedactor()], docs, "out")
+    assert {i: d.text for i, d in kept.items()} == {
         "a": "-- Jane Roe <<EMAIL>>  Mon, 01 Jan 2024",
         "b": "__author__ = 'Ann <<EMAIL>>'  # from <IP_ADDRESS>",
         "c": docs[2].text,
     }
-    (entry,) = json.loads((tmp_path / "out" / "stats.json").read_text())["blocks"]
+    (entry,) = stats["blocks"]
     assert entry["counters"] == {"pii.documents": 2, "pii.email": 2, "pii.ip_address": 1}
     assert entry["removed"] == {} and entry["docs_out"] == 3

@@ -2,16 +2,13 @@
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import fit, fit_corpus, run, write_shards
 from pydantic import ValidationError
 
-from tokenmill.curate.block import BlockStats, FitContext
-from tokenmill.curate.executor import LocalExecutor
 from tokenmill.curate.quality import HashedLogistic, QualityClassifier, train
-from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 
 SHARED = "the of and to in is that it for as with on be by this are".split()
@@ -38,36 +35,9 @@ def corpus() -> list[Document]:
     return docs
 
 
-def write_shards(folder: Path, docs: list[Document]) -> list[Path]:
-    with ShardWriter(folder) as w:
-        for d in docs:
-            w.write(d)
-    return w.paths
-
-
-def fit(block: QualityClassifier, shards: list[Path], workdir: Path) -> QualityClassifier:
-    block.fit(FitContext(shards=shards, workdir=workdir, executor=LocalExecutor(1, progress=False), seed=0))
-    block.load(workdir)
-    return block
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("quality")
-    docs = corpus()
-    shards = write_shards(root / "in", docs)
-    block = fit(QualityClassifier(n_features=2**16), shards, root / "work")
-    return block, root / "work", docs, shards
-
-
-def run(block: QualityClassifier, docs: list[Document]) -> tuple[list[Document], BlockStats]:
-    stats, kept = BlockStats(block.name), []
-    for d in docs:
-        d = Document(d.id, d.text, d.source, dict(d.meta))
-        if block.applies_to(d) and block.apply(d, stats) is None:
-            continue
-        kept.append(d)
-    return kept, stats
+    return fit_corpus(tmp_path_factory.mktemp("quality"), QualityClassifier(n_features=2**16), corpus())
 
 
 def test_separates_distinct_classes_on_held_out_documents(fitted):

@@ -5,14 +5,11 @@ from pathlib import Path
 import numpy as np
 import profanity_check
 import pytest
+from harness import run_pipeline
 from pydantic import ValidationError
 
 from tokenmill.curate.block import BlockStats
-from tokenmill.curate.executor import ExecutorConfig
-from tokenmill.curate.mixture import Mixture
-from tokenmill.curate.pipeline import run_blocks
 from tokenmill.curate.toxicity import DEFAULT_THRESHOLD, ToxicityFilter, windows
-from tokenmill.shards import ShardWriter, read_shards, shard_paths
 from tokenmill.sources.document import Document
 
 LABELLED = [
@@ -114,18 +111,6 @@ def test_block_pickles_without_its_model():
     assert copy.score("you are a fucking idiot") == block.score("you are a fucking idiot")
 
 
-def run_pipeline(tmp_path: Path, block: ToxicityFilter, docs: list[Document], name: str):
-    with ShardWriter(tmp_path / "in") as w:
-        for d in docs:
-            w.write(d)
-    run_blocks(
-        sorted((tmp_path / "in").glob("*.jsonl.zst")), [block], Mixture(enabled=False), ExecutorConfig(workers=1),
-        tmp_path / name, tmp_path / f"work-{name}", seed=0, progress=False,
-    )
-    stats = json.loads((tmp_path / name / "stats.json").read_text())
-    return stats, {d.id: d for d in read_shards(shard_paths(tmp_path / name / "shards"))}
-
-
 def test_in_the_pipeline_enabled_disabled_and_code_left_alone(tmp_path):
     rant = next(r["text"] for r in LABELLED if r["text"].startswith("Re: Re: Re: banned again"))
     docs = [
@@ -134,7 +119,7 @@ def test_in_the_pipeline_enabled_disabled_and_code_left_alone(tmp_path):
         Document("script", "# kill the fucking zombie processes, you stupid useless shit\nos.kill(pid, 9)\n", "code"),
         Document("manual", "kill - send a signal to a process. The default signal is TERM.", "manuals"),
     ]
-    stats, kept = run_pipeline(tmp_path, ToxicityFilter(), docs, "on")
+    stats, kept = run_pipeline(tmp_path, [ToxicityFilter()], docs, "on")
     assert sorted(kept) == ["leaflet", "manual", "script"]
     assert "toxicity" in kept["leaflet"].meta and "toxicity" not in kept["script"].meta
     (entry,) = stats["blocks"]
@@ -142,9 +127,9 @@ def test_in_the_pipeline_enabled_disabled_and_code_left_alone(tmp_path):
     assert entry["removed_share_by_domain"] == {"code": 0.0, "manuals": 0.0, "web": 0.5}
     assert entry["counters"] == {"outside_domains": 1}
 
-    stats, kept = run_pipeline(tmp_path, ToxicityFilter(enabled=False), docs, "off")
+    stats, kept = run_pipeline(tmp_path, [ToxicityFilter(enabled=False)], docs, "off")
     assert sorted(kept) == ["leaflet", "manual", "rant", "script"]
     assert stats["disabled_blocks"] == ["toxicity"] and stats["blocks"] == []
 
-    stats, kept = run_pipeline(tmp_path, ToxicityFilter(domains=None), docs, "all")
+    stats, kept = run_pipeline(tmp_path, [ToxicityFilter(domains=None)], docs, "all")
     assert sorted(kept) == ["leaflet", "manual"]  # on code too when asked

@@ -27,11 +27,7 @@ from pydantic import Field, field_validator
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from tokenmill.curate.block import BlockStats, DocumentBlock
-from tokenmill.sources.document import Document
-
-# Domains written in a natural language. Code is left alone: identifiers and keywords are
-# English-like enough to pass, or odd enough to fail, and neither says anything.
-PROSE_DOMAINS = ["web", "wiki", "books", "papers", "reference", "manuals", "legal", "dialogue"]
+from tokenmill.sources.document import PROSE_DOMAINS, Document
 
 
 @cache

@@ -24,7 +24,6 @@ that an n-gram model finds easy. `drop_tail` (CCNet's head+middle selection) and
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -32,32 +31,30 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
-from tokenmill.atomic import write_json, write_text
-from tokenmill.curate.block import BlockStats, CorpusBlock, FitContext
-from tokenmill.curate.dedup.spill import DONE, open_workdir, shards_fingerprint
-from tokenmill.curate.langid import PROSE_DOMAINS
+from tokenmill.atomic import write_text
+from tokenmill.curate.block import BlockStats, FitContext
 from tokenmill.curate.ngram import NGramLM, paragraphs
 from tokenmill.curate.reference import census, choose_reference, extract, in_held_out, rank, read_sample, sampling_rate
-from tokenmill.errors import TokenmillError
+from tokenmill.curate.trained import TrainedBlock, distribution
 from tokenmill.figures import bar_chart_svg
 from tokenmill.shards import read_shards
-from tokenmill.sources.document import Document
+from tokenmill.sources.document import PROSE_DOMAINS, Document
 
 MODEL_FILE = "lm.npz"
 ARPA_FILE = "lm.arpa"
-STATE_FILE = "state.json"
-METRICS_FILE = "metrics.json"
 CHART_FILE = "perplexity.svg"
 EXAMPLES = 3
 EXCERPT_CHARS = 200
 
 
-class PerplexityFilter(CorpusBlock):
+class PerplexityFilter(TrainedBlock):
     """Scores documents with an n-gram LM of the reference domain: meta["ppl"], meta["ppl_bucket"]."""
 
     name: ClassVar[str] = "perplexity"
+    model_file: ClassVar[str] = MODEL_FILE
+    apply_only: ClassVar[tuple[str, ...]] = ("mode", "max_ppl")
 
     domains: list[str] | None = Field(default_factory=lambda: list(PROSE_DOMAINS))
     reference_domains: list[str] | None = Field(
@@ -80,9 +77,6 @@ class PerplexityFilter(CorpusBlock):
     max_ppl: float | None = Field(None, gt=0, description="Perplexity above which drop_above removes a document.")
     write_arpa: bool = Field(False, description="Also write the LM as an ARPA file (lm.arpa), readable by KenLM.")
 
-    _lm: NGramLM | None = PrivateAttr(None)
-    _state: dict[str, Any] | None = PrivateAttr(None)
-
     @model_validator(mode="after")
     def _check(self) -> "PerplexityFilter":
         if self.head_percentile >= self.tail_percentile:
@@ -94,10 +88,7 @@ class PerplexityFilter(CorpusBlock):
     # --- fit ---------------------------------------------------------------------------------
 
     def fit(self, ctx: FitContext) -> None:
-        # What apply alone uses does not change the fitted state.
-        settings = self.model_dump(mode="json", exclude={"enabled", "mode", "max_ppl"})
-        fingerprint = {"block": settings, "seed": ctx.seed, "shards": shards_fingerprint(ctx.shards)}
-        if open_workdir(ctx.workdir, fingerprint):
+        if self.open_fit(ctx):
             return
         seconds: dict[str, float] = {}
         t = time.perf_counter()
@@ -113,7 +104,7 @@ class PerplexityFilter(CorpusBlock):
         seconds["sample"] = time.perf_counter() - t
         if not sentences:
             reason = f"no text of the reference domains {reference} to train on"
-            self._finish(ctx.workdir, {"trained": False, "reason": reason}, {})
+            self.finish_fit(ctx.workdir, {"trained": False, "reason": reason}, {})
             return
 
         t = time.perf_counter()
@@ -143,7 +134,7 @@ class PerplexityFilter(CorpusBlock):
                 "held_out_docs": len(ref_docs) - len(train),
             },
             "lm": lm.summary(),
-            "perplexity": {k: _distribution([p for _, _, p in v]) for k, v in sorted(ppl_by_domain.items())},
+            "perplexity": {k: distribution([p for _, _, p in v], 1) for k, v in sorted(ppl_by_domain.items())},
             "examples": _examples(sample, ppl_by_domain, scored),
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }
@@ -152,7 +143,7 @@ class PerplexityFilter(CorpusBlock):
             [(k, v["median"], f"{v['median']:.1f}") for k, v in metrics["perplexity"].items()],
         ))
         shutil.rmtree(ctx.workdir / "sample", ignore_errors=True)
-        self._finish(ctx.workdir, state, metrics)
+        self.finish_fit(ctx.workdir, state, metrics)
 
     def _score_sample(self, ctx: FitContext, sample: list[Path], scored: list[str],
                       reference: list[str]) -> dict[str, list[tuple[int, str, float]]]:
@@ -174,29 +165,13 @@ class PerplexityFilter(CorpusBlock):
         head, tail = np.percentile(ppls, [self.head_percentile, self.tail_percentile])
         return [round(float(head), 1), round(float(tail), 1)]
 
-    def _finish(self, workdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> None:
-        if not state["trained"]:
-            print(f"[perplexity] not trained: {state['reason']}; documents pass unscored", file=sys.stderr)
-        write_json(workdir / STATE_FILE, state)
-        write_json(workdir / METRICS_FILE, {**state, **metrics})
-        write_json(workdir / DONE, {"done": True})
-
     # --- apply -------------------------------------------------------------------------------
 
-    def load(self, workdir: Path) -> None:
-        state_path = workdir / STATE_FILE
-        if not state_path.exists():
-            raise TokenmillError(f"perplexity: no fitted state in {workdir} (run fit first)")
-        self._state = json.loads(state_path.read_text(encoding="utf-8"))
-        self._lm = NGramLM.load(workdir / MODEL_FILE) if self._state["trained"] else None
+    def load_model(self, path: Path) -> NGramLM:
+        return NGramLM.load(path)
 
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        if self._state is None:
-            raise TokenmillError("perplexity: apply before load")
-        if self._lm is None:
-            stats.count("untrained")
-            return doc
-        ppl, n = self._lm.perplexity(doc.text)
+    def score(self, doc: Document, stats: BlockStats) -> Document | None:
+        ppl, n = self._model.perplexity(doc.text)
         if n == 0:
             stats.count("no_tokens")
             return doc
@@ -233,11 +208,6 @@ def _score_sample(item: tuple[Path, Path, list[str], list[str], int, float]) -> 
             if n:
                 out.append((rank(doc.id, seed), doc.id, doc.source, round(ppl, 1)))
     return out
-
-
-def _distribution(ppls: list[float]) -> dict[str, float]:
-    p10, p50, p90 = np.percentile(ppls, [10, 50, 90])
-    return {"docs": len(ppls), "p10": round(float(p10), 1), "median": round(float(p50), 1), "p90": round(float(p90), 1)}
 
 
 def _examples(sample: list[Path], ppl_by_domain: dict[str, list[tuple[int, str, float]]], scored: list[str]) -> dict[str, Any]:

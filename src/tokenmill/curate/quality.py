@@ -23,7 +23,6 @@ the default mode only annotates, and the mixture can oversample by it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -33,25 +32,22 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.utils import murmurhash3_32
 
-from tokenmill.atomic import atomic_open, write_json, write_text
-from tokenmill.curate.block import BlockStats, CorpusBlock, FitContext
-from tokenmill.curate.dedup.spill import DONE, open_workdir, shards_fingerprint
-from tokenmill.curate.langid import PROSE_DOMAINS
+from tokenmill.atomic import atomic_open, write_text
+from tokenmill.curate.block import BlockStats, FitContext
 from tokenmill.curate.ngram import normalize
 from tokenmill.curate.reference import census, choose_reference, extract, in_held_out, read_sample, sampling_rate
+from tokenmill.curate.trained import TrainedBlock, distribution
 from tokenmill.errors import TokenmillError
 from tokenmill.figures import bar_chart_svg
-from tokenmill.sources.document import Document
+from tokenmill.sources.document import PROSE_DOMAINS, Document
 
 MODEL_FILE = "model.npz"
-STATE_FILE = "state.json"
-METRICS_FILE = "metrics.json"
 CHART_FILE = "quality.svg"
 # Words with at least one letter: a bare number (a date, a version, a table cell; all digits
 # read 0 after normalisation) tells the file format more than the writing.
@@ -118,10 +114,12 @@ def train(pos: list[str], neg: list[str], n_features: int = 2**20, ngram_max: in
     return model
 
 
-class QualityClassifier(CorpusBlock):
+class QualityClassifier(TrainedBlock):
     """Scores how much a document reads like the reference domain: meta["quality"] in [0, 1]."""
 
     name: ClassVar[str] = "quality"
+    model_file: ClassVar[str] = MODEL_FILE
+    apply_only: ClassVar[tuple[str, ...]] = ("mode", "min_score")
 
     domains: list[str] | None = Field(default_factory=lambda: list(PROSE_DOMAINS))
     positive_domains: list[str] | None = Field(
@@ -140,9 +138,6 @@ class QualityClassifier(CorpusBlock):
     )
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="Least quality score kept in filter mode.")
 
-    _model: HashedLogistic | None = PrivateAttr(None)
-    _state: dict[str, Any] | None = PrivateAttr(None)
-
     @model_validator(mode="after")
     def _check(self) -> "QualityClassifier":
         overlap = set(self.positive_domains or []) & set(self.negative_domains)
@@ -153,10 +148,7 @@ class QualityClassifier(CorpusBlock):
     # --- fit ---------------------------------------------------------------------------------
 
     def fit(self, ctx: FitContext) -> None:
-        # What apply alone uses does not change the fitted state.
-        settings = self.model_dump(mode="json", exclude={"enabled", "mode", "min_score"})
-        fingerprint = {"block": settings, "seed": ctx.seed, "shards": shards_fingerprint(ctx.shards)}
-        if open_workdir(ctx.workdir, fingerprint):
+        if self.open_fit(ctx):
             return
         t = time.perf_counter()
         sizes = census(ctx)
@@ -167,7 +159,7 @@ class QualityClassifier(CorpusBlock):
                    if not sum(docs.get(d, 0) for d in group)]
         if missing:
             reason = f"no {' or '.join(missing)} documents (positive {positive}, negative {negative})"
-            self._finish(ctx.workdir, {"trained": False, "reason": reason}, {})
+            self.finish_fit(ctx.workdir, {"trained": False, "reason": reason}, {})
             return
         others = [d for d in docs if (self.domains is None or d in self.domains) and d not in positive + negative]
         rates = {d: sampling_rate(sizes, positive, self.train_docs, self.train_bytes) for d in positive}
@@ -183,7 +175,7 @@ class QualityClassifier(CorpusBlock):
         pos_train = [d.text for d in pos if not split[d.id]]
         neg_train = [d.text for d in neg if not split[d.id]]
         if not pos_train or not neg_train:
-            self._finish(ctx.workdir, {"trained": False, "reason": "too few documents to train on"}, {})
+            self.finish_fit(ctx.workdir, {"trained": False, "reason": "too few documents to train on"}, {})
             return
         print(f"[quality] training on {len(pos_train)} {positive} vs {len(neg_train)} {negative} documents", file=sys.stderr)
         model = train(pos_train, neg_train, self.n_features, self.ngram_max, self.max_chars, self.c)
@@ -204,30 +196,14 @@ class QualityClassifier(CorpusBlock):
             [(d, v["median"], f"{v['median']:.3f}") for d, v in metrics["score_by_domain"].items()],
         ))
         shutil.rmtree(ctx.workdir / "sample", ignore_errors=True)
-        self._finish(ctx.workdir, state, metrics)
-
-    def _finish(self, workdir: Path, state: dict[str, Any], metrics: dict[str, Any]) -> None:
-        if not state["trained"]:
-            print(f"[quality] not trained: {state['reason']}; documents pass unscored", file=sys.stderr)
-        write_json(workdir / STATE_FILE, state)
-        write_json(workdir / METRICS_FILE, {**state, **metrics})
-        write_json(workdir / DONE, {"done": True})
+        self.finish_fit(ctx.workdir, state, metrics)
 
     # --- apply -------------------------------------------------------------------------------
 
-    def load(self, workdir: Path) -> None:
-        state_path = workdir / STATE_FILE
-        if not state_path.exists():
-            raise TokenmillError(f"quality: no fitted state in {workdir} (run fit first)")
-        self._state = json.loads(state_path.read_text(encoding="utf-8"))
-        self._model = HashedLogistic.load(workdir / MODEL_FILE) if self._state["trained"] else None
+    def load_model(self, path: Path) -> HashedLogistic:
+        return HashedLogistic.load(path)
 
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        if self._state is None:
-            raise TokenmillError("quality: apply before load")
-        if self._model is None:
-            stats.count("untrained")
-            return doc
+    def score(self, doc: Document, stats: BlockStats) -> Document | None:
         score = round(float(self._model.score([doc.text])[0]), 4)
         doc.meta["quality"] = score
         stats.count(f"score_decile.{min(int(score * 10), 9)}")
@@ -255,7 +231,7 @@ def _evaluate(model: HashedLogistic, test: list[Document], others: list[Document
         by_domain.setdefault(d.source, []).append((s, d))
     return {
         "held_out": held,
-        "score_by_domain": {d: _distribution([s for s, _ in v]) for d, v in sorted(by_domain.items())},
+        "score_by_domain": {d: distribution([s for s, _ in v], 4) for d, v in sorted(by_domain.items())},
         "lowest": {
             d: [{"id": doc.id, "quality": round(s, 4), "excerpt": doc.text[:EXCERPT_CHARS]}
                 for s, doc in sorted(v, key=lambda x: (x[0], x[1].id))[:EXAMPLES]]
@@ -283,7 +259,3 @@ def _top_features(model: HashedLogistic, texts: list[str]) -> dict[str, list[dic
         for side, ids in top.items()
     }
 
-
-def _distribution(scores: list[float]) -> dict[str, float]:
-    p10, p50, p90 = np.percentile(scores, [10, 50, 90])
-    return {"docs": len(scores), "p10": round(float(p10), 4), "median": round(float(p50), 4), "p90": round(float(p90), 4)}

@@ -14,9 +14,11 @@ from typing import Any
 from tokenmill.atomic import write_text
 from tokenmill.curate.block import Block, BlockStats, CorpusBlock
 from tokenmill.curate.pii import PIIRedactor
+from tokenmill.curate.trained import METRICS_FILE
+from tokenmill.curate.workdir import DONE
 from tokenmill.figures import bar_chart_svg, human_bytes
 
-FIT_SUMMARIES = ("done.json", "metrics.json")  # a corpus block's own summary of its fit, copied into stats.json
+FIT_SUMMARIES = (DONE, METRICS_FILE)  # a corpus block's own summary of its fit, copied into stats.json
 
 
 def merge_block_stats(group: list[Block], results: list[dict], fits: dict[str, tuple[Path, float]]) -> list[dict]:

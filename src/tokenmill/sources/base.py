@@ -1,9 +1,10 @@
 """What every source shares: its config fields, path expansion, decoding and fingerprints.
 
 A source is a pydantic model (its `kind` selects it in a config) with two methods:
-`documents(skips)` yields `Document`s and records every unreadable unit in `skips`, and
+`read(skips)` yields its `Document`s and records every unreadable unit in `skips`, and
 `fingerprint()` returns a string that changes whenever the input would read differently,
-so that a run can tell whether stage 01 must run again.
+so that a run can tell whether stage 01 must run again. Callers take `documents(skips)`:
+what `read` yields, up to the source's `limit`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import glob
 import os
 import re
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import xxhash
@@ -36,6 +38,10 @@ class SourceConfig(BaseModel):
     limit: int | None = Field(None, gt=0, description="Stop after this many documents.")
 
     def documents(self, skips: SkipLog) -> Iterator[Document]:
+        # islice asks for no document past the limit, so reading stops there.
+        return islice(self.read(skips), self.limit)
+
+    def read(self, skips: SkipLog) -> Iterator[Document]:
         raise NotImplementedError
 
     def fingerprint(self) -> str:

@@ -9,6 +9,10 @@ from typing import Any, TextIO
 
 # Domains the mixture knows by name; a config may use others.
 DOMAINS = ("web", "wiki", "books", "code", "papers", "reference", "legal", "manuals", "dialogue")
+# Domains written in a natural language, which the blocks that judge language or writing look
+# at. Code is left alone: identifiers and keywords are English-like enough to pass a language
+# check, or odd enough to fail it, and neither says anything.
+PROSE_DOMAINS = ("web", "wiki", "books", "papers", "reference", "manuals", "legal", "dialogue")
 
 
 @dataclass

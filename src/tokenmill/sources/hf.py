@@ -13,9 +13,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tokenmill.errors import TokenmillError
-from tokenmill.sources.base import SourceConfig, check_text, stat_fingerprint
+from tokenmill.sources.base import SourceConfig, stat_fingerprint
 from tokenmill.sources.document import Document, SkipLog
-from tokenmill.sources.records import record_meta
+from tokenmill.sources.records import record_document
 
 # Files `save_to_disk` writes: the first two for a Dataset, the last for a DatasetDict.
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -42,18 +42,13 @@ class HFDatasetSource(SourceConfig):
         # A hub dataset: its name, split and config are all that can be known offline.
         return stat_fingerprint([], self.model_dump_json())
 
-    def documents(self, skips: SkipLog) -> Iterator[Document]:
+    def read(self, skips: SkipLog) -> Iterator[Document]:
         label = self.path if self.name is None else f"{self.path}/{self.name}"
-        produced = 0
         for index, record in enumerate(self._rows()):
             location = f"hf:{label}/{self.split}#{index}"
-            doc = self._row_document(record, location, skips)
-            if doc is None:
-                continue
-            yield doc
-            produced += 1
-            if self.limit is not None and produced >= self.limit:
-                return
+            doc = record_document(record, self.text_key, location, self.domain, self.max_doc_bytes, skips)
+            if doc is not None:
+                yield doc
 
     def _rows(self) -> Iterable[dict[str, Any]]:
         try:
@@ -88,14 +83,3 @@ class HFDatasetSource(SourceConfig):
             return datasets.load_dataset(self.path, self.name, split=self.split, streaming=self.streaming)
         except Exception as e:  # network, unknown name, unknown split, script errors: the user's to fix
             raise TokenmillError(f"cannot load dataset {self.path}: {e}") from e
-
-    def _row_document(self, record: dict[str, Any], location: str, skips: SkipLog) -> Document | None:
-        text = record.get(self.text_key)
-        if not isinstance(text, str):
-            what = "absent" if self.text_key not in record else ("null" if text is None else f"a {type(text).__name__}")
-            skips.skip("missing_text", location, f"{self.text_key!r} is {what}")
-            return None
-        text = check_text(text, skips, location, self.max_doc_bytes)
-        if text is None:
-            return None
-        return Document(id=location, text=text, source=self.domain, meta=record_meta(record, self.text_key, location))

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, BinaryIO, Literal
-
-from pydantic import Field
+from typing import BinaryIO, ClassVar, Literal
 
 from tokenmill.compression import TRUNCATION_ERRORS, open_binary
-from tokenmill.sources.base import SourceConfig, check_text, expand_paths, stat_fingerprint
 from tokenmill.sources.document import Document, SkipLog
-from tokenmill.sources.records import record_meta
+from tokenmill.sources.records import RecordFileSource, record_document
 
 # What a directory contributes; a file or glob named explicitly is read whatever its suffix.
 # Plain ".json" is left out on purpose: it is usually one JSON document, not JSON Lines.
@@ -58,28 +54,11 @@ def _read_lines(stream: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes | None
             yield None, size
 
 
-class JsonlSource(SourceConfig):
+class JsonlSource(RecordFileSource):
     """JSON Lines files, directories of them, or glob patterns."""
 
+    suffixes: ClassVar[tuple[str, ...]] = JSONL_SUFFIXES
     kind: Literal["jsonl"] = "jsonl"
-    paths: list[str] = Field(..., min_length=1, description="Files, directories or glob patterns.")
-    text_key: str = Field("text", description="The field that holds the document text.")
-
-    def files(self) -> list[Path]:
-        return expand_paths(self.paths, JSONL_SUFFIXES)
-
-    def fingerprint(self) -> str:
-        # The whole config goes in: text_key, limit or max_doc_bytes change what is read.
-        return stat_fingerprint(self.files(), self.model_dump_json())
-
-    def documents(self, skips: SkipLog) -> Iterator[Document]:
-        produced = 0
-        for path in self.files():
-            for doc in self._file_documents(str(path), skips):
-                yield doc
-                produced += 1
-                if self.limit is not None and produced >= self.limit:
-                    return
 
     def _file_documents(self, path: str, skips: SkipLog) -> Iterator[Document]:
         lineno = 0
@@ -120,15 +99,8 @@ class JsonlSource(SourceConfig):
         if not isinstance(record, dict):
             skips.skip("missing_text", location, f"a JSON {type(record).__name__}, not an object")
             return None
-        text = record.get(self.text_key)
-        if not isinstance(text, str):
-            what = "absent" if self.text_key not in record else f"a {type(text).__name__}"
-            skips.skip("missing_text", location, f"{self.text_key!r} is {what}")
-            return None
-        text = check_text(text, skips, location, self.max_doc_bytes)
-        if text is None:
-            return None
-        if bad_utf8_at is not None:
+        doc = record_document(record, self.text_key, location, self.domain, self.max_doc_bytes, skips)
+        if doc is not None and bad_utf8_at is not None:
             # Counted only now: a repair is for input that became a document.
             skips.repair("invalid_utf8", location, f"first bad byte at offset {bad_utf8_at}")
-        return Document(id=location, text=text, source=self.domain, meta=record_meta(record, self.text_key, location))
+        return doc

@@ -170,7 +170,7 @@ class LocalCorpusSource(SourceConfig):
             extra.append(_groff_version(groff))
         return stat_fingerprint(paths, *extra)
 
-    def documents(self, skips: SkipLog) -> Iterator[Document]:
+    def read(self, skips: SkipLog) -> Iterator[Document]:
         files: dict[str, Files] = {}
         for part in self._parts():
             files[part] = self._files(part, skips)
@@ -181,18 +181,13 @@ class LocalCorpusSource(SourceConfig):
         domains = self._domains()
         total_share = sum(self.shares[d] for d in domains)
         topics = _read_topics(files["topics"][0][1], skips) if files.get("topics") else {}
-        count = 0
         for domain in domains:
             budget = int(self.max_bytes * self.shares[domain] / total_share)
             units = _sample_order(self._units(domain, files, topics)) if budget > 0 else []
             if not units:
                 continue
             with closing(self._texts(domain, units, topics, skips)) as texts:
-                for doc in _fill(domain, budget, units, texts):
-                    yield doc
-                    count += 1
-                    if self.limit is not None and count >= self.limit:
-                        return
+                yield from _fill(domain, budget, units, texts)
 
     # -- units and their texts --------------------------------------------------------------
 

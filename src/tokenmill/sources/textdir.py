@@ -75,16 +75,11 @@ class TextFolderSource(SourceConfig):
     def fingerprint(self) -> str:
         return stat_fingerprint([path for path, _ in self.files()], self.model_dump_json(), EXTRACTOR_VERSION)
 
-    def documents(self, skips: SkipLog) -> Iterator[Document]:
-        count = 0
+    def read(self, skips: SkipLog) -> Iterator[Document]:
         for path, doc_id in self.files(skips):
             doc = self._document(path, doc_id, skips)
-            if doc is None:
-                continue
-            yield doc
-            count += 1
-            if self.limit is not None and count >= self.limit:
-                return
+            if doc is not None:
+                yield doc
 
     def files(self, skips: SkipLog | None = None) -> list[tuple[Path, str]]:
         """(path, id) of each file to read, in a stable order.

@@ -125,18 +125,13 @@ class WarcSource(SourceConfig):
     def fingerprint(self) -> str:
         return stat_fingerprint(self.files(), self.model_dump_json(), EXTRACTOR_VERSION)
 
-    def documents(self, skips: SkipLog) -> Iterator[Document]:
-        count = 0
+    def read(self, skips: SkipLog) -> Iterator[Document]:
         for path in self.files():
             name = replace_surrogates(str(path))  # a file name that is not UTF-8 cannot go in a shard
             for offset, record, payload in _records(path, skips, self.max_doc_bytes):
                 doc = self._document(f"{name}@{offset}", f"{name}#{offset}", record, payload, skips)
-                if doc is None:
-                    continue
-                yield doc
-                count += 1
-                if self.limit is not None and count >= self.limit:
-                    return
+                if doc is not None:
+                    yield doc
 
     def _document(
         self, location: str, fallback_id: str, record: ArcWarcRecord, payload: bytes | None, skips: SkipLog

@@ -16,7 +16,6 @@ Documents are recognised again in `apply` by id, which stage 01 makes unique.
 
 from __future__ import annotations
 
-import json
 import time
 import unicodedata
 from pathlib import Path
@@ -24,32 +23,29 @@ from typing import ClassVar
 
 import numpy as np
 import xxhash
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from tokenmill.atomic import write_json, write_text
-from tokenmill.curate.block import BlockStats, CorpusBlock, FitContext
+from tokenmill.atomic import write_json
+from tokenmill.curate.block import FitContext
+from tokenmill.curate.dedup.drop import DropListBlock, write_drop
 from tokenmill.curate.dedup.spill import (
-    DONE,
     doc_keys,
-    open_workdir,
     read_partition,
     resolve_ids,
     save_npy,
     shard_done,
     shard_file,
-    shards_fingerprint,
     write_ids,
     write_partitioned,
 )
+from tokenmill.curate.workdir import DONE, open_workdir, shards_fingerprint
 from tokenmill.shards import read_shards
-from tokenmill.sources.document import Document
 
 HASH_RECORD = np.dtype([("hi", "<u8"), ("lo", "<u8"), ("doc", "<u8")])
 DUPLICATE = np.dtype([("doc", "<u8"), ("kept", "<u8")])
-DROP_FILE = "drop.json"
 
 
-class ExactDedup(CorpusBlock):
+class ExactDedup(DropListBlock):
     """Removes every copy but the first of documents with the same normalised text."""
 
     name: ClassVar[str] = "exact_dedup"
@@ -58,8 +54,6 @@ class ExactDedup(CorpusBlock):
     lowercase: bool = Field(True, description="Lower-case before hashing.")
     collapse_whitespace: bool = Field(True, description="Collapse whitespace runs to one space and strip the ends.")
     partitions: int = Field(64, ge=1, le=65536, description="Hash partitions: the unit of work of the grouping step.")
-
-    _drop: dict[str, str] | None = PrivateAttr(None)
 
     def normalize(self, text: str) -> str:
         if self.nfc:
@@ -85,7 +79,7 @@ class ExactDedup(CorpusBlock):
         pairs = np.concatenate([np.load(duplicates / f"part-{p:05d}.npy") for p in range(self.partitions)])
         pairs = pairs[np.argsort(pairs["doc"])]
         drop = dict(zip(resolve_ids(hashes, pairs["doc"]), resolve_ids(hashes, pairs["kept"])))
-        write_text(ctx.workdir / DROP_FILE, json.dumps(drop, ensure_ascii=False))
+        write_drop(ctx.workdir, drop)
         summary = {
             "documents": int(sum(hashed)),
             "duplicates": int(sum(found)),
@@ -94,17 +88,8 @@ class ExactDedup(CorpusBlock):
         }
         write_json(ctx.workdir / DONE, summary)
 
-    def load(self, workdir: Path) -> None:
-        self._drop = json.loads((workdir / DROP_FILE).read_text(encoding="utf-8"))
-
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        if self._drop is None:
-            raise RuntimeError("ExactDedup.apply needs load(workdir) first")
-        kept = self._drop.get(doc.id)
-        if kept is None:
-            return doc
-        stats.remove(doc, "exact_dedup.duplicate", kept)
-        return None
+    def removal(self, kept: str) -> tuple[str, str]:
+        return "exact_dedup.duplicate", kept
 
 
 def _hash_shard(task: tuple[ExactDedup, Path, int, Path]) -> int:

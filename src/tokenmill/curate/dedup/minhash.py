@@ -32,35 +32,32 @@ from typing import ClassVar
 
 import numpy as np
 import xxhash
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from tokenmill.atomic import write_json, write_text
-from tokenmill.curate.block import BlockStats, CorpusBlock, FitContext
+from tokenmill.curate.block import FitContext
+from tokenmill.curate.dedup.drop import DropListBlock, write_drop
 from tokenmill.curate.dedup.lsh import BAND_RECORD, band_keys, candidate_pairs, estimated_jaccard, optimal_param
 from tokenmill.curate.dedup.spill import (
-    DONE,
     by_shard,
     doc_keys,
-    open_workdir,
     read_partition,
     resolve_ids,
     save_npy,
     shard_done,
     shard_file,
-    shards_fingerprint,
     write_ids,
     write_partitioned,
 )
 from tokenmill.curate.dedup.unionfind import components
+from tokenmill.curate.workdir import DONE, open_workdir, shards_fingerprint
 from tokenmill.figures import bar_chart_svg
 from tokenmill.shards import read_shards
-from tokenmill.sources.document import Document
 
 WORD = re.compile(r"\w+")
 EMPTY = np.uint32(0xFFFF_FFFF)  # the signature value of a document without shingles
 CHUNK = 8192  # shingles per matrix: (128 permutations x 8192) uint64 = 8 MB, near the cache
 VERIFY_WINDOW = 32  # see lsh.candidate_pairs
-DROP_FILE = "drop.json"
 
 
 def shingles(text: str, n: int) -> list[str]:
@@ -126,7 +123,7 @@ class MinHasher:
         return (out >> np.uint64(32)).astype(np.uint32)
 
 
-class FuzzyDedup(CorpusBlock):
+class FuzzyDedup(DropListBlock):
     """Removes near-duplicates: clusters of documents linked by MinHash-estimated Jaccard >= threshold."""
 
     name: ClassVar[str] = "fuzzy_dedup"
@@ -140,8 +137,6 @@ class FuzzyDedup(CorpusBlock):
     )
     verify: bool = Field(True, description="Keep a candidate pair only if its estimated Jaccard reaches the threshold.")
     partitions: int = Field(64, ge=1, le=65536, description="Band-key partitions: the unit of work of bucketing.")
-
-    _drop: dict[str, list] | None = PrivateAttr(None)
 
     def bands_rows(self) -> tuple[int, int]:
         return optimal_param(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
@@ -168,7 +163,7 @@ class FuzzyDedup(CorpusBlock):
             d: [s, round(float(j), 3)]
             for d, s, j in zip(resolve_ids(signed, dropped), resolve_ids(signed, survivor), jaccard)
         }
-        write_text(ctx.workdir / DROP_FILE, json.dumps(drop, ensure_ascii=False))
+        write_drop(ctx.workdir, drop)
         write_text(ctx.workdir / "jaccard.svg", _jaccard_chart(jaccard))
         bands, rows = self.bands_rows()
         summary = {
@@ -184,18 +179,9 @@ class FuzzyDedup(CorpusBlock):
         }
         write_json(ctx.workdir / DONE, summary)
 
-    def load(self, workdir: Path) -> None:
-        self._drop = json.loads((workdir / DROP_FILE).read_text(encoding="utf-8"))
-
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        if self._drop is None:
-            raise RuntimeError("FuzzyDedup.apply needs load(workdir) first")
-        hit = self._drop.get(doc.id)
-        if hit is None:
-            return doc
-        survivor, jaccard = hit
-        stats.remove(doc, "fuzzy_dedup.near_duplicate", f"{survivor} (estimated Jaccard {jaccard:.2f})")
-        return None
+    def removal(self, survivor_and_jaccard: list) -> tuple[str, str]:
+        survivor, jaccard = survivor_and_jaccard
+        return "fuzzy_dedup.near_duplicate", f"{survivor} (estimated Jaccard {jaccard:.2f})"
 
 
 def _sign_shard(task: tuple[FuzzyDedup, Path, int, Path, int]) -> tuple[int, int]:

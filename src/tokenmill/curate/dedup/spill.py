@@ -1,4 +1,4 @@
-"""The dedup blocks' files: records spilled by hash partition, document ids, and the finished mark.
+"""The dedup blocks' files: records spilled by hash partition, and document ids.
 
 A document is named by its key `shard << 32 | line`, a uint64 whose order is corpus order, so
 "the first copy" is simply the smallest key.
@@ -13,17 +13,12 @@ not become shards × P small files.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from tokenmill.atomic import atomic_open, write_json, write_text
-
-DONE = "done.json"
-INPUTS = "inputs.json"
+from tokenmill.atomic import atomic_open, write_text
 
 
 def doc_keys(shard: int, positions: np.ndarray) -> np.ndarray:
@@ -80,24 +75,3 @@ def resolve_ids(folder: Path, keys: np.ndarray) -> list[str]:
         ids = json.loads(shard_file(folder, s, ".ids.json").read_text(encoding="utf-8"))
         out[mask] = [ids[i] for i in positions]
     return out.tolist()
-
-
-def open_workdir(workdir: Path, fingerprint: dict[str, Any]) -> bool:
-    """Make `workdir` ready for a fit described by `fingerprint`; True when its result is already there.
-
-    Files left by a fit of the same settings over the same shards are kept (a killed fit
-    resumes shard by shard); anything else in the folder is from another fit and is cleared.
-    """
-    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back: tuples become lists
-    workdir.mkdir(parents=True, exist_ok=True)
-    inputs = workdir / INPUTS
-    if inputs.exists() and json.loads(inputs.read_text(encoding="utf-8")) == fingerprint:
-        return (workdir / DONE).exists()
-    for child in workdir.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-    write_json(inputs, fingerprint)
-    return False
-
-
-def shards_fingerprint(shards: list[Path]) -> list[list[Any]]:
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in shards]

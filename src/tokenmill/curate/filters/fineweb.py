@@ -19,13 +19,12 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from tokenmill.curate.block import BlockStats, DocumentBlock
 from tokenmill.curate.filters.gopher import WEB_ONLY
+from tokenmill.curate.filters.rules import RuleFilter
 from tokenmill.curate.filters.text import ends_with_terminal, find_duplicates, lines, tokens
-from tokenmill.sources.document import Document
 
 
-class FineWebFilter(DocumentBlock):
+class FineWebFilter(RuleFilter):
     """Removes list-like and boilerplate-ridden pages. A threshold set to null switches its rule off."""
 
     name: ClassVar[str] = "fineweb"
@@ -36,13 +35,6 @@ class FineWebFilter(DocumentBlock):
     short_line_length: int = Field(30, description="A line this long or shorter (characters) is short.")
     char_duplicates_ratio: float | None = Field(0.01, description="Most share of characters in duplicated lines.")
     new_line_ratio: float | None = Field(0.3, description="Most newlines per token.")
-
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        rule = self.failed_rule(doc.text)
-        if rule is None:
-            return doc
-        stats.remove(doc, f"{self.name}.{rule[0]}", f"{rule[1]:.3f}")
-        return None
 
     def failed_rule(self, text: str) -> tuple[str, float] | None:
         """The first rule the text fails, with the measured value; None if it passes them all."""

@@ -26,9 +26,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from tokenmill.curate.block import BlockStats, DocumentBlock
+from tokenmill.curate.filters.rules import RuleFilter
 from tokenmill.curate.filters.text import find_duplicates, is_word, lines, paragraphs, tokens
-from tokenmill.sources.document import Document
 
 # These rules were tuned on Common Crawl; on code, manual pages or licence texts they would
 # remove good text (code is mostly symbols and repeated lines by nature).
@@ -38,7 +37,7 @@ BULLETS = ("•", "‣", "◦", "●", "▪", "-", "*")
 ELLIPSES = ("...", "…")
 
 
-class GopherRepetitionFilter(DocumentBlock):
+class GopherRepetitionFilter(RuleFilter):
     """Removes documents that repeat themselves: duplicated lines and paragraphs, one n-gram
     filling the text, or many duplicated n-grams. A threshold set to null switches its rule off."""
 
@@ -57,13 +56,6 @@ class GopherRepetitionFilter(DocumentBlock):
         default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
         description="n: most characters in repeated occurrences of n-grams.",
     )
-
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        rule = self.failed_rule(doc.text)
-        if rule is None:
-            return doc
-        stats.remove(doc, f"{self.name}.{rule[0]}", f"{rule[1]:.3f}")
-        return None
 
     def failed_rule(self, text: str) -> tuple[str, float] | None:
         """The first rule the text fails, with the measured value; None if it passes them all."""
@@ -123,7 +115,7 @@ def dup_n_gram_chars(toks: list[str], n: int) -> int:
     return chars
 
 
-class GopherQualityFilter(DocumentBlock):
+class GopherQualityFilter(RuleFilter):
     """Removes documents that do not look like prose: too short or too long, odd word lengths,
     many '#' or ellipses, lists of bullets, few words with letters, no English stop words.
     A threshold set to null switches its rule off."""
@@ -141,13 +133,6 @@ class GopherQualityFilter(DocumentBlock):
     min_alpha_words_ratio: float | None = Field(0.8, description="Least share of words with a letter.")
     min_stop_words: int | None = Field(2, description="Least number of distinct stop words present.")
     stop_words: list[str] = Field(default_factory=lambda: list(STOP_WORDS))
-
-    def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        rule = self.failed_rule(doc.text)
-        if rule is None:
-            return doc
-        stats.remove(doc, f"{self.name}.{rule[0]}", rule[1])
-        return None
 
     def failed_rule(self, text: str) -> tuple[str, str] | None:
         """The first rule the text fails, with what was measured; None if it passes them all."""
