@@ -119,7 +119,7 @@ def test_whole_pipeline_and_downstream_invalidation(tmp_path, capsys):
     """01 -> 04 on a slice of the built-in corpus; a tokenizer change re-runs only what follows it."""
     preset = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
     small = [f"run_dir={tmp_path / 'run'}", "data.sources.0.max_bytes=1500000", "tokenizer.vocab_size=1024"]
-    run_pipeline(load_config(preset, small))
+    run_pipeline(load_config(preset, small), to_stage="04_model")
     stages = manifest(tmp_path / "run")["stages"]
     assert list(stages) == ["01_data", "02_curate", "03_tokenizer", "03_encode", "04_model"]
     assert all(s["status"] == "done" for s in stages.values())
@@ -127,9 +127,29 @@ def test_whole_pipeline_and_downstream_invalidation(tmp_path, capsys):
     assert stages["03_encode"]["inputs"]["03_tokenizer"] == stages["03_tokenizer"]["output_fingerprint"]
 
     capsys.readouterr()
-    run_pipeline(load_config(preset, [*small[:2], "tokenizer.vocab_size=2048"]))
+    run_pipeline(load_config(preset, [*small[:2], "tokenizer.vocab_size=2048"]), to_stage="04_model")
     log = capsys.readouterr().err
     assert "[01_data] up to date, skipped" in log and "[02_curate] up to date, skipped" in log
     for rerun in ("03_tokenizer", "03_encode", "04_model"):
         assert f"[{rerun}] done" in log
     assert manifest(tmp_path / "run")["stages"]["04_model"]["metrics"]["vocab_size"] == 2048
+
+
+def test_pretrain_and_quantize_stages(tmp_path):
+    """Stages 05 and 08 in the pipeline, tiny: a trained model folder, then its INT4 GPTQ copy."""
+    preset = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    tiny = [
+        f"run_dir={tmp_path / 'run'}", "data.sources.0.max_bytes=1000000", "tokenizer.vocab_size=512",
+        "model.context_length=64", "pretrain.steps=6", "pretrain.batch_tokens=256", "pretrain.micro_batch=4",
+        "pretrain.warmup_steps=2", "pretrain.eval_every=3", "pretrain.eval_batches=2", "pretrain.checkpoint_every=3",
+        "pretrain.golden_every=6", "quantize.eval=false", "quantize.calib_samples=8", "quantize.calib_seq_len=64",
+    ]
+    run_pipeline(load_config(preset, tiny))
+    stages = manifest(tmp_path / "run")["stages"]
+    assert stages["05_pretrain"]["status"] == stages["08_quantize"]["status"] == "done"
+    assert stages["05_pretrain"]["metrics"]["steps"] == 6
+    assert (tmp_path / "run" / "05_pretrain" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "08_quantize" / "model" / "quantization.json").is_file()
+    from tokenmill.model import load_model
+
+    assert load_model(tmp_path / "run" / "08_quantize" / "model") is not None

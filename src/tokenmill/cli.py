@@ -12,7 +12,10 @@ from pathlib import Path
 
 from tokenmill import __version__
 from tokenmill.errors import TokenmillError
+from tokenmill.deploy.quant import cli as quant_cli
+from tokenmill.deploy.serve import cli as serve_cli
 from tokenmill.model import cli as model_cli
+from tokenmill.pretrain import cli as pretrain_cli
 from tokenmill.tokenizer import cli as tokenizer_cli
 
 EPILOG = "Documentation: docs/ in the tokenmill repository. Every verb has its own --help."
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     tokenizer_cli.register(sub)
     model_cli.register(sub)
+    pretrain_cli.register(sub)
+    quant_cli.register(sub)
+    serve_cli.register(sub)
     return parser
 
 

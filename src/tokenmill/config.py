@@ -15,8 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tokenmill.curate.config import CurateConfig
+from tokenmill.deploy.quant.config import QuantizeConfig
 from tokenmill.errors import ConfigError
 from tokenmill.model.config import ModelSection
+from tokenmill.pretrain.config import PretrainConfig
 from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 from tokenmill.sources.local import LocalCorpusSource
 from tokenmill.sources.registry import SOURCE_KINDS, AnySource
@@ -42,6 +44,8 @@ class RunConfig(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     model: ModelSection = Field(default_factory=ModelSection)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name

@@ -103,12 +103,13 @@ def line_chart_svg(
     if x_label:
         parts.append(f'<text x="{left + w / 2:.1f}" y="{height - 10}" text-anchor="middle">{escape(x_label)}</text>')
     if y_label:
-        parts.append(
-            f'<text x="14" y="{top + h / 2:.1f}" text-anchor="middle" transform="rotate(-90 14 {top + h / 2:.1f})">{escape(y_label)}</text>'
-        )
+        mid = top + h / 2
+        parts.append(f'<text x="14" y="{mid:.1f}" text-anchor="middle" transform="rotate(-90 14 {mid:.1f})">{escape(y_label)}</text>')
     for name, y in hlines:
         if math.isfinite(y):
-            parts.append(f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + w}" y2="{py(y):.1f}" stroke="#555" stroke-dasharray="5 4"/>')
+            parts.append(
+                f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + w}" y2="{py(y):.1f}" stroke="#555" stroke-dasharray="5 4"/>'
+            )
             parts.append(f'<text x="{left + w - 4}" y="{py(y) - 4:.1f}" text-anchor="end" fill="#555">{escape(name)}</text>')
     for i, (name, pts) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]

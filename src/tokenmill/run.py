@@ -8,6 +8,8 @@ first stage that is not done.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -92,6 +94,38 @@ def _run_model(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
     return StageResult(metrics=build_model_stage(config.model, vocab_size, out), figures=["params.svg"])
 
 
+def _run_pretrain(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.pretrain.stage import pretrain_stage
+
+    # Checkpoints live beside the stage folder so that a killed run resumes from the last one;
+    # they belong to one set of settings and inputs, and are cleared when those change.
+    work = run.root / "05_pretrain.work"
+    entry = run.entry("05_pretrain") or {}
+    key = json.dumps({"config_hash": entry.get("config_hash"), "inputs": entry.get("inputs")}, sort_keys=True)
+    marker = work / "inputs.json"
+    if work.exists() and (not marker.exists() or marker.read_text() != key):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
+    metrics = pretrain_stage(
+        run.stage_dir("04_model") / "model.json",
+        run.stage_dir("03_encode"),
+        run.stage_dir("03_tokenizer"),
+        config.pretrain,
+        out,
+        work,
+        resume=True,
+    )
+    return StageResult(metrics=metrics, figures=["loss.svg", "lr.svg"])
+
+
+def _run_quantize(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.deploy.quant.stage import quantize_stage
+
+    metrics = quantize_stage(run.stage_dir("05_pretrain") / "model", run.stage_dir("03_encode"), config.quantize, out)
+    return StageResult(metrics=metrics, figures=sorted(p.name for p in out.glob("*.svg")))
+
+
 def _no_external_inputs(config: RunConfig) -> str:
     return ""
 
@@ -123,6 +157,22 @@ STAGES: list[Stage] = [
         _no_external_inputs,
     ),
     Stage("04_model", "model", "fix the architecture: model.json and its parameter breakdown", ("03_tokenizer",), _run_model, _no_external_inputs),
+    Stage(
+        "05_pretrain",
+        "pretrain",
+        "pre-train the model on the token shards",
+        ("03_tokenizer", "03_encode", "04_model"),
+        _run_pretrain,
+        _no_external_inputs,
+    ),
+    Stage(
+        "08_quantize",
+        "quantize",
+        "quantize the trained weights and measure what it costs",
+        ("03_encode", "05_pretrain"),
+        _run_quantize,
+        _no_external_inputs,
+    ),
 ]
 
 

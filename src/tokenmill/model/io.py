@@ -24,6 +24,7 @@ TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "tokenmill_tokenizer.json",
     "tokenizer.model",
     "vocab.json",
     "merges.txt",
@@ -97,6 +98,9 @@ def load_model(
     """The model of a folder, in eval mode, on `device` (CUDA when present), in its stored dtype
     unless `dtype` is given. `model(input_ids)` returns logits (batch, seq, vocab)."""
     folder = Path(folder)
+    if (folder / "quantization.json").is_file():  # a quantized model (stage 08)
+        from tokenmill.deploy.quant.io import load_quantized
+        return load_quantized(folder, device, dtype)
     config = read_config(folder)
     path = folder / WEIGHTS
     if not path.is_file():

@@ -184,7 +184,9 @@ class Checkpointer:
         saved = ModelConfig.model_validate(marker["model"])
         if saved != self.model_config:
             diff = sorted(k for k, v in saved.model_dump().items() if getattr(self.model_config, k) != v)
-            raise TokenmillError(f"checkpoint {path} is of another model (differs in {', '.join(diff)}); start afresh or restore model.json")
+            raise TokenmillError(
+                f"checkpoint {path} is of another model (differs in {', '.join(diff)}); start afresh or restore model.json"
+            )
         self._ensure_optimizer_state()
         tensors = self._tensors(for_load=True)
         present = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)

@@ -76,7 +76,8 @@ def _pretrain_config(fields: dict):
         problems = []
         for err in e.errors():
             key = ".".join(str(p) for p in ("pretrain", *err["loc"]))
-            problems.append(f"unknown key '{key}'" if err["type"] == "extra_forbidden" else f"{key}: {err['msg'].removeprefix('Value error, ')}")
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"unknown key '{key}'" if err["type"] == "extra_forbidden" else f"{key}: {message}")
         raise ConfigError("invalid pretrain config: " + "; ".join(problems)) from None
 
 
@@ -110,7 +111,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                    Path(args.work_dir) if args.work_dir else output, output, args.resume)
     if os.environ.get("RANK", "0") == "0":
         final = report["final"]
-        val = f", validation loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.1f})" if final["val_loss"] is not None else ""
+        val = ""
+        if final["val_loss"] is not None:
+            val = f", validation loss {final['val_loss']:.4f} (perplexity {final['val_ppl']:.1f})"
         print(f"{report['steps']:,} steps, {report['tokens']:,} tokens: train loss {final['train_loss']:.4f}{val}")
         c = report["chinchilla"]
         print(f"{c['tokens_per_param']:.2f} tokens per parameter; compute-optimal for this budget: "

@@ -29,7 +29,7 @@ class PretrainConfig(BaseModel):
     warmup_steps: int = Field(100, ge=0, description="Linear warmup from lr/warmup_steps to lr.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
     decay_end: float = Field(
-        1.0, gt=0, description="Where the cosine reaches its floor: <= 1 a fraction of the steps, > 1 a step; a constant tail follows."
+        1.0, gt=0, description="Where the cosine reaches its floor: <= 1 a fraction of the steps, > 1 a step; then constant."
     )
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -67,7 +67,7 @@ class PretrainConfig(BaseModel):
     fsdp: int = Field(1, gt=0, description="Sharded data parallel (FSDP2 fully_shard) degree.")
     tp: int = Field(1, gt=0, description="Tensor parallel degree (whole attention heads and MLP columns per rank).")
     pp: int = Field(1, gt=0, description="Pipeline parallel degree (layers split into pp stages).")
-    pp_schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="Pipeline schedule; its micro-batches are the accumulation steps.")
+    pp_schedule: Literal["gpipe", "1f1b"] = Field("1f1b", description="Pipeline schedule; micro-batches: the accumulation steps.")
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:

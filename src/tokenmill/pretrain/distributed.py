@@ -109,6 +109,7 @@ def init_distributed(config: PretrainConfig) -> Dist:
         return Dist(0, 1, device, degrees, None)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        cuda = device.type == "cuda"
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     mesh = init_device_mesh(device.type, tuple(degrees[d] for d in MESH_DIMS), mesh_dim_names=MESH_DIMS)
     return Dist(rank, world, device, degrees, mesh, owns)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tokenmill.atomic import write_json, write_text
+from tokenmill.atomic import atomic_dir, write_json, write_text
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
 from tokenmill.model.io import build_model
@@ -69,7 +69,7 @@ def plan_batch(config: PretrainConfig, model_config: ModelConfig, dp_size: int) 
         raise TokenmillError(f"pretrain.seq_len {seq_len} exceeds the model's context_length {model_config.context_length}")
     sequences = config.batch_tokens // seq_len
     unit = config.micro_batch * dp_size
-    if sequences < unit or sequences % unit:
+    if config.batch_tokens % seq_len or sequences < unit or sequences % unit:
         raise TokenmillError(
             f"pretrain.batch_tokens {config.batch_tokens:,} is {sequences} sequences of {seq_len}, not a multiple of "
             f"micro_batch {config.micro_batch} × {dp_size} data-parallel rank(s); try batch_tokens "
@@ -183,9 +183,13 @@ class Trainer:
 
         tok = Tokenizer.load(self.tokenizer_dir)
         if tok.vocab_size > self.model_config.vocab_size:
-            raise TokenmillError(f"the tokenizer has {tok.vocab_size:,} tokens, the model's vocab_size is {self.model_config.vocab_size:,}")
+            raise TokenmillError(
+                f"the tokenizer has {tok.vocab_size:,} tokens, the model's vocab_size is {self.model_config.vocab_size:,}"
+            )
         if self.train_data.tokenizer_hash not in (None, tok.hash):
-            raise TokenmillError(f"the token shards in {self.tokens_dir} were encoded with another tokenizer than {self.tokenizer_dir}")
+            raise TokenmillError(
+                f"the token shards in {self.tokens_dir} were encoded with another tokenizer than {self.tokenizer_dir}"
+            )
         return tok
 
     def amp(self):
@@ -203,12 +207,14 @@ class Trainer:
             state = self._restore(latest)
         elif not resume:
             self.ckpt.clear()
-        self.log.truncate(state.step, LOGS if state.step == 0 else ("metrics.jsonl", "samples.jsonl"))
+        if latest is None:
+            self.log.truncate(-1, LOGS)  # a fresh start
+        else:
+            self.log.truncate(state.step)
         steps = self.batch.steps
         if state.step == 0:
             self.log.write("metrics.jsonl", {"step": 0, **self.evaluate(0)})
-        bar = tqdm(total=steps, initial=state.step, unit="step", desc="pretrain", disable=not self.d.is_main, dynamic_ncols=True)
-        saved = latest is not None and state.step == steps
+        bar = tqdm(total=steps, initial=state.step, unit="step", desc="pretrain", disable=not self.d.is_main)
         while state.step < steps:
             state, record = self.step(state)
             if record is None:  # a spike: rolled back
@@ -217,18 +223,17 @@ class Trainer:
                 continue
             if state.step % self.config.eval_every == 0 or state.step == steps:
                 record.update(self.evaluate(state.step))
-                bar.write(f"step {state.step}: train {record['loss']:.4f}" + (
-                    f", validation {record['val_loss']:.4f} (perplexity {record['val_ppl']:.1f})" if "val_loss" in record else ""))
+                line = f"step {state.step}: train {record['loss']:.4f}"
+                if "val_loss" in record:
+                    line += f", validation {record['val_loss']:.4f} (perplexity {record['val_ppl']:.1f})"
+                bar.write(line, file=sys.stderr)
             self.log.write("metrics.jsonl", record)
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
             golden = self.config.golden_every is not None and state.step % self.config.golden_every == 0
             if state.step % self.config.checkpoint_every == 0 or state.step == steps or golden:
-                self.ckpt.save(state, golden=golden)
-                saved = state.step == steps
+                self.ckpt.save(state, golden=golden)  # the last step always: the model folder is exported from it
         bar.close()
-        if not saved:
-            self.ckpt.save(state)
         return self.finish(state, time.perf_counter() - started)
 
     def _restore(self, path: Path) -> TrainState:
@@ -250,6 +255,8 @@ class Trainer:
         loss, grad_norm = self._agree(loss, grad_norm_squared(self.par.norm_params()))
         if is_spike(loss, state.recent_losses, config):
             self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.update()  # closes this step's unscale_
             return self._rollback(state, loss), None
         if config.grad_clip is not None:
             clip_grads([p for _, p in self.par.params], config.grad_clip, grad_norm)
@@ -320,7 +327,7 @@ class Trainer:
                                         "golden_step": restored.step, "skipped": skipped})
         if self.d.is_main:
             tqdm.write(f"loss spike at step {event['step']} ({loss:.4g} against a running mean of {event['running_mean']:.4g}): "
-                       f"back to step {restored.step}, skipping batches {skipped[0]}-{skipped[1]}")
+                       f"back to step {restored.step}, skipping batches {skipped[0]}-{skipped[1]}", file=sys.stderr)
         return restored
 
     # --- evaluation -------------------------------------------------------------------------------
@@ -336,17 +343,19 @@ class Trainer:
         return out
 
     def _val_loss(self) -> float:
+        """Mean loss over `eval_batches` validation micro-batches (rounded up so that every
+        data-parallel rank, and every pipeline step, gets whole ones): the same windows whatever
+        the layout."""
         d, b, par = self.d, self.batch, self.par
-        # A pipeline evaluates a whole step's micro-batches at once.
-        size = b.micro_batch * (b.accum if par.schedule is not None else 1)
-        per_rank = math.ceil(self.config.eval_batches / d.dp_size)
+        group = b.accum if par.schedule is not None else 1  # a pipeline evaluates a step's micro-batches at once
+        calls = math.ceil(math.ceil(self.config.eval_batches / group) / d.dp_size)
         totals = torch.zeros(2, device=d.device)
         par.train(False)
-        for i in range(per_rank):
-            x, y = val_batch(self.val_data, i * d.dp_size + d.dp_rank, size, d.device)
+        for i in range(calls):
+            x, y = val_batch(self.val_data, i * d.dp_size + d.dp_rank, group * b.micro_batch, d.device)
             loss = par.eval_loss(x, y, self.amp)
             if loss is not None and d.coord("tp") == 0:
-                totals += torch.stack([loss.float(), torch.ones((), device=d.device)])
+                totals += torch.stack([loss.float() * group, torch.tensor(float(group), device=d.device)])
         par.train(True)
         loss_sum, count = d.all_reduce(totals).tolist()
         return loss_sum / count
@@ -369,7 +378,8 @@ class Trainer:
         if self.d.is_main:
             out = self.out_dir
             out.mkdir(parents=True, exist_ok=True)
-            export_model(self.ckpt.latest(), self.model_config, out / "model", self.tokenizer_dir)
+            with atomic_dir(out / "model") as folder:
+                export_model(self.ckpt.latest(), self.model_config, folder, self.tokenizer_dir)
             for name in LOGS:
                 src = self.work_dir / name
                 if src.is_file() and src.resolve() != (out / name).resolve():
@@ -416,10 +426,3 @@ class Trainer:
             "spikes": {"rollbacks": state.rollbacks, "skipped": state.skipped},
             "seconds": round(seconds, 2),
         }
-
-
-def read_metrics(folder: str | os.PathLike) -> list[dict]:
-    """The per-step records of a run folder's metrics.jsonl."""
-    return RunLog(Path(folder), False).read("metrics.jsonl")
-
-

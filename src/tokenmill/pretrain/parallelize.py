@@ -18,6 +18,7 @@ attention module (its local head counts), as torchtitan does.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -121,9 +122,11 @@ class Parallel:
     tied_copy: nn.Parameter | None = None  # the last pipeline stage's copy of a tied embedding
     tied_group: object | None = None
     params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
 
     def __post_init__(self) -> None:
-        self.params = list(self.model.named_parameters())
+        if not self.params:
+            self.params = list(self.model.named_parameters())
 
     def checkpoint_params(self) -> dict[str, nn.Parameter]:
         """This rank's parameters under their names in a checkpoint (a tied head is the embedding)."""
@@ -142,7 +145,7 @@ class Parallel:
         total = torch.zeros((), device=self.device)
         for i in range(accum):
             with self._grad_sync(i == accum - 1), amp():
-                loss = cross_entropy(self.runner(x[i * mb : (i + 1) * mb]), y[i * mb : (i + 1) * mb])
+                loss = self.loss_fn(self.runner(x[i * mb : (i + 1) * mb]), y[i * mb : (i + 1) * mb])
                 scaled = loss / accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total += loss.detach()
@@ -175,7 +178,7 @@ class Parallel:
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor, amp) -> torch.Tensor | None:
         if self.schedule is None:
             with amp():
-                return cross_entropy(self.model(x), y)
+                return self.loss_fn(self.model(x), y)
         losses: list[torch.Tensor] = []
         with amp():
             if self.first:
@@ -191,7 +194,8 @@ class Parallel:
 
 
 def parallelize(
-    model: Transformer, d: Dist, config: PretrainConfig, micro_batch: int, seq_len: int, accum: int, amp_dtype: torch.dtype | None
+    model: Transformer, d: Dist, config: PretrainConfig, micro_batch: int, seq_len: int, accum: int,
+    amp_dtype: torch.dtype | None,
 ) -> Parallel:
     """Apply the layout of `d` to `model` (built whole, identically, on every rank)."""
     qkv_split = list(model.layers[0].attn.split)
@@ -202,9 +206,13 @@ def parallelize(
         return _pipeline(model, d, config.pp_schedule, micro_batch, seq_len, accum, qkv_split)
     if deg["tp"] > 1:
         apply_tp(model, d.mesh["tp"])
+    loss_fn = cross_entropy
     if config.compile:
+        # Block by block, as torchtitan does (FSDP's hooks and DTensor's layouts sit between blocks);
+        # the loss too, so that its float32 upcast of the logits is fused, not materialised.
         for block in model.layers:
             block.compile()
+        loss_fn = torch.compile(cross_entropy)
     runner: nn.Module = model
     if deg["fsdp"] > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -217,7 +225,7 @@ def parallelize(
         fully_shard(model, mesh=mesh, mp_policy=policy)
     elif deg["dp"] > 1:
         runner = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-    return Parallel(model, runner, d.device, qkv_split, tp=deg["tp"])
+    return Parallel(model, runner, d.device, qkv_split, tp=deg["tp"], loss_fn=loss_fn)
 
 
 def _pipeline(model: Transformer, d: Dist, kind: str, micro_batch: int, seq_len: int, accum: int, qkv_split) -> Parallel:
@@ -251,6 +259,9 @@ def _pipeline(model: Transformer, d: Dist, kind: str, micro_batch: int, seq_len:
             tied_copy = module.get_parameter(TIED)
         if not (first or last):
             tied_group = None
+    # Tracing leaves a copy of a tied head on stages that never use it.
+    params = [(name, p) for name, p in module.named_parameters() if last or name != TIED]
     return Parallel(
-        module, None, d.device, qkv_split, schedule=schedule, first=first, last=last, tied_copy=tied_copy, tied_group=tied_group
+        module, None, d.device, qkv_split, schedule=schedule, first=first, last=last, tied_copy=tied_copy,
+        tied_group=tied_group, params=params,
     )

@@ -1,0 +1,119 @@
+"""What INT8 and INT4 (RTN, GPTQ, AWQ) cost a trained model in quality and gain in size and speed.
+
+    python benchmarks/quantize.py [--model runs/quickstart/05_pretrain/model] [--tokens runs/quickstart/03_encode]
+
+Quantizes the model every way (calibrating GPTQ and AWQ on --samples windows of the train
+split) and measures, next to FP32 and BF16: model.safetensors size, the quantized layers'
+compression against FP32, validation perplexity over the whole val split, and greedy decoding
+tokens/s at batch 1 and 16. The peer is the FP32 model of the same run: every figure also
+appears as a ratio to it. A second part times one LLaMA-7B-sized linear layer (4,096 × 4,096)
+as FP32 `F.linear` and as `QuantLinear` with and without PyTorch's weight-only kernels. Checks
+the acceptance figures: INT8 within 1% of FP32 perplexity; INT4-GPTQ's increase at most half
+of INT4-RTN's; INT4 layers at least 3.5× smaller; and the usual claim (INT8 < 1%, INT4 1-5%).
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tokenmill.deploy.quant import linear as quant_linear
+from tokenmill.deploy.quant.calib import calibration_ids
+from tokenmill.deploy.quant.evaluate import compare
+from tokenmill.deploy.quant.linear import QuantLinear
+from tokenmill.deploy.quant.rtn import Scheme, rtn
+from tokenmill.model.config import read_config
+from tokenmill.tokenizer.dataset import TokenDataset
+
+
+def time_layer(device: str, rows: int, repeat: int) -> dict[str, float]:
+    """Microseconds per product of `rows` inputs with a 4,096 × 4,096 weight: FP32, and INT8 and INT4
+    QuantLinear with (CPU only, whatever the rows) and without PyTorch's weight-only kernels."""
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(4096, 4096, generator=g) * 0.02).to(device)
+    x = torch.randn(rows, 4096, generator=g).to(device)
+    layers = {f"int{s.bits}": QuantLinear.from_codes(*rtn(w, s), s) for s in (Scheme(8, None, True), Scheme(4, 128, True))}
+    runs = {"fp32": (lambda: F.linear(x, w), False)}
+    for name, layer in layers.items():
+        runs[f"{name}_dequantize"] = (lambda layer=layer: layer(x), False)
+        if device == "cpu":
+            runs[f"{name}_kernel"] = (lambda layer=layer: layer(x), True)
+    out = {}
+    for name, (fn, kernels) in runs.items():
+        QuantLinear.use_kernels = kernels
+        quant_linear.KERNEL_MAX_ROWS = rows if kernels else 1
+        fn()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        _sync(device)
+        out[name] = round((time.perf_counter() - start) / repeat * 1e6, 1)
+    QuantLinear.use_kernels, quant_linear.KERNEL_MAX_ROWS = True, 1
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="runs/quickstart/05_pretrain/model")
+    p.add_argument("--tokens", default="runs/quickstart/03_encode")
+    p.add_argument("--samples", type=int, default=128, help="calibration windows")
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--eval-batches", type=int, default=None, help="validation batches of 16 windows (default all)")
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default torch's)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = read_config(args.model)
+    calib = calibration_ids(args.tokens, args.samples, config.context_length)
+    val = TokenDataset(args.tokens, "val", seq_len=config.context_length)
+    start = time.perf_counter()
+    rows = compare(args.model, val, calib, {"group_size": args.group_size, "symmetric": True}, device=device,
+                   decode_tokens=args.decode_tokens, eval_batches=args.eval_batches,
+                   log=lambda line: print(line, file=sys.stderr))
+    fp32 = rows["fp32"]
+    vs_fp32 = {name: {
+        "size": round(r["file_bytes"] / fp32["file_bytes"], 4),
+        "perplexity_change": round(r["perplexity_change"], 5),
+        "decode_batch1": round(r["decode_tok_s_batch1"] / fp32["decode_tok_s_batch1"], 3),
+        "decode_batch16": round(r["decode_tok_s_batch16"] / fp32["decode_tok_s_batch16"], 3),
+    } for name, r in rows.items()}
+    change = {name: r["perplexity_change"] for name, r in rows.items()}
+    checks = {
+        "int8_within_1pct": abs(change["int8"]) < 0.01,
+        "gptq_increase_at_most_half_of_rtn": change["int4-gptq"] <= 0.5 * change["int4-rtn"],
+        "int4_layers_at_least_3.5x_smaller": all(rows[n]["layer_compression"] >= 3.5 for n in ("int4-rtn", "int4-gptq", "int4-awq")),
+        "claim_int8_under_1pct": change["int8"] < 0.01,
+        "claim_int4_1_to_5pct": {n: 0.01 <= change[n] <= 0.05 for n in ("int4-rtn", "int4-gptq", "int4-awq")},
+    }
+    print(json.dumps({
+        "benchmark": "quantize",
+        "model": args.model,
+        "architecture": {k: getattr(config, k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")},
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "calibration": {"samples": len(calib), "seq_len": config.context_length},
+        "validation_tokens": len(val) * config.context_length,
+        "rows": {n: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for n, r in rows.items()},
+        "vs_fp32": vs_fp32,
+        "linear_4096x4096_us": {"batch1": time_layer(device, 1, 20), "batch16": time_layer(device, 16, 5)},
+        "checks": checks,
+        "wall_s": round(time.perf_counter() - start, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Calibration data for GPTQ and AWQ, and the inputs of each transformer block on it.
+
+Calibration sequences come from token shards (windows of the train split, drawn with a seed)
+or from curated documents (a seeded sample of 4 × n_samples documents, tokenized with the model
+folder's tokenizer.json, each document BOS ... EOS as in the token shards, windows drawn from
+their concatenation). Both methods then walk the model one block
+at a time: `block_inputs` runs the embedding once and stops at the first block, and each block's
+outputs become the next block's inputs.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import xxhash
+
+from tokenmill.errors import TokenmillError
+from tokenmill.shards import read_shards, shard_paths
+from tokenmill.tokenizer.special import BOS, EOS, SPECIAL_IDS
+from tokenmill.tokenizer.tokens import token_shard_paths
+
+
+def calibration_ids(source: str | Path, n_samples: int, seq_len: int, seed: int = 0, tokenizer_dir: str | Path | None = None) -> torch.Tensor:
+    """(n, seq_len) token ids, n = n_samples or fewer when the source is short.
+
+    `source` is a folder of token shards (train-*.bin), or document shards (*.jsonl.zst, a file,
+    a folder of them, or a folder with shards/), which need `tokenizer_dir` (a folder with
+    tokenizer.json, e.g. the model folder)."""
+    source = Path(source)
+    if source.is_dir() and token_shard_paths(source, "train"):
+        from tokenmill.tokenizer.dataset import TokenDataset
+
+        data = TokenDataset(source, "train", seq_len=seq_len, seed=seed)
+        x, _ = data.batch(0, min(n_samples, len(data)))
+        return x
+    paths = _document_shards(source)
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise TokenmillError(f"calibrating on documents ({source}) needs a tokenizer.json in the model folder; pass token shards instead")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokenizer = HFTokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    # A seeded sample of documents from the whole corpus (those whose hashed ids are smallest), not
+    # just its first shard: one pass, memory for the sample only.
+    sample = heapq.nsmallest(4 * n_samples, read_shards(paths), key=lambda d: xxhash.xxh64_intdigest(f"{seed}:{d.id}".encode()))
+    tokens = []
+    for doc in sample:
+        tokens += [SPECIAL_IDS[BOS], *tokenizer.encode(doc.text, add_special_tokens=False).ids, SPECIAL_IDS[EOS]]
+    n_windows = len(tokens) // seq_len
+    if n_windows == 0:
+        raise TokenmillError(f"{source} holds {len(tokens)} tokens: too few for one calibration window of {seq_len}")
+    starts = np.random.default_rng(seed).permutation(n_windows)[:n_samples] * seq_len
+    ids = torch.tensor(tokens[: n_windows * seq_len], dtype=torch.long)
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+
+
+def _document_shards(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    for folder in (source, source / "shards"):
+        if folder.is_dir() and shard_paths(folder):
+            return shard_paths(folder)
+    raise TokenmillError(f"no calibration data in {source}: expected token shards (train-*.bin) or document shards (*.jsonl.zst)")
+
+
+class _Captured(Exception):
+    """Raised by the hook on the first block once it holds its inputs: the rest of the model need not run."""
+
+
+@dataclass
+class BlockInputs:
+    """Hidden states entering a block, one tensor (batch, seq, d_model) per calibration batch, and the
+    block's other arguments (RoPE, mask, cache, positions, return_attn), the same for every batch."""
+
+    hidden: list[torch.Tensor]
+    args: tuple
+
+    def run(self, block: nn.Module) -> list[torch.Tensor]:
+        """The block's outputs on every batch."""
+        return [block(h, *self.args)[0] for h in self.hidden]
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int) -> BlockInputs:
+    """The inputs of the first transformer block on the calibration ids."""
+    captured: dict = {}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        captured.setdefault("args", args[1:])
+        captured.setdefault("hidden", []).append(args[0])
+        raise _Captured
+
+    device = next(model.parameters()).device
+    handle = model.layers[0].register_forward_pre_hook(hook)
+    try:
+        for batch in ids.split(batch_size):
+            try:
+                model(batch.to(device))
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return BlockInputs(captured["hidden"], captured["args"])
+
+
+def linears_of(block: nn.Module) -> dict[str, nn.Linear]:
+    """The linear layers of a block by name within it (attn.wqkv, attn.wo, ffn.w1, ffn.w2, ffn.w3)."""
+    return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}

@@ -1,0 +1,88 @@
+"""A quantized model folder: model.json, model.safetensors, quantization.json and the tokenizer files.
+
+model.safetensors holds the unquantized tensors under their usual names and, for each quantized
+linear `layers.3.ffn.w2`, `layers.3.ffn.w2.qweight`, `.scales`, `.qzeros` (asymmetric only) and
+`.bias` (when it has one), laid out as linear.py describes. quantization.json says how: the
+method, bits, group size, symmetry, the layers, and what the method recorded (calibration,
+GPTQ's damping per layer, AWQ's scaling exponents). `tokenmill.model.load_model` reads such a
+folder through `load_quantized`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tokenmill.atomic import write_json, write_text
+from tokenmill.deploy.quant.linear import QuantLinear
+from tokenmill.deploy.quant.quantize import replace_linear
+from tokenmill.deploy.quant.rtn import Scheme
+from tokenmill.errors import TokenmillError
+from tokenmill.model.config import config_json, read_config
+from tokenmill.model.io import WEIGHTS, default_device, load_state, state_dict_for_saving, write_weights
+from tokenmill.model.transformer import Transformer
+
+QUANTIZATION = "quantization.json"
+FORMAT = "tokenmill-quant"
+VERSION = 1
+LAYOUT = {
+    "weight": "(code - zero) * scale, per group of group_size input columns (null: one group per row)",
+    "qweight": "int8 (out, in) holding code - 128 for 8 bits; uint8 (out, ceil(in/2)) for 4 bits, "
+    "two codes per byte, the even column in the low nibble",
+    "scales": "float16 (out, n_groups)",
+    "qzeros": "asymmetric only, (out, n_groups): int8 holding zero - 128 for 8 bits, uint8 for 4 bits; "
+    "symmetric grids have zero = 2^(bits-1)",
+}
+
+
+def save_quantized(model: Transformer, folder: str | Path, info: dict) -> Path:
+    """Write model.json, model.safetensors and quantization.json (`info` from quantize_model, plus
+    anything the caller adds, e.g. the calibration set)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    modules = sorted(name for name, m in model.named_modules() if isinstance(m, QuantLinear))
+    write_weights(state_dict_for_saving(model), folder / WEIGHTS)
+    write_text(folder / "model.json", config_json(model.config))
+    write_json(folder / QUANTIZATION, {"format": FORMAT, "version": VERSION, **info, "layout": LAYOUT, "modules": modules})
+    return folder
+
+
+def read_quantization(folder: str | Path) -> dict:
+    path = Path(folder) / QUANTIZATION
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TokenmillError(f"cannot read {path}: {e}") from None
+    if info.get("format") != FORMAT or info.get("version") != VERSION:
+        raise TokenmillError(f"{path} is format {info.get('format')!r} version {info.get('version')!r}; "
+                             f"this tokenmill reads {FORMAT} version {VERSION}")
+    return info
+
+
+def load_quantized(folder: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Transformer:
+    """The quantized model of a folder, in eval mode, on `device` (CUDA when present). `dtype` applies
+    to the unquantized tensors and the computation; codes, scales and zeros stay as stored."""
+    folder = Path(folder)
+    config, info = read_config(folder), read_quantization(folder)
+    scheme = Scheme(bits=info["bits"], group_size=info["group_size"], symmetric=info["symmetric"])
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise TokenmillError(f"no weights in {folder}: {WEIGHTS} is missing")
+    device = torch.device(device) if device is not None else default_device()
+    state = load_file(str(path), device=str(device))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(".scales") else v for k, v in state.items()}
+    with torch.device("meta"):
+        model = Transformer(config)
+        for name in info["modules"]:
+            linear = model.get_submodule(name)
+            replace_linear(model, name, QuantLinear(linear.in_features, linear.out_features, scheme, linear.bias is not None))
+    return load_state(model, state, str(path)).eval()
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Size of the weights file of a model folder."""
+    return (Path(folder) / WEIGHTS).stat().st_size

@@ -1,0 +1,93 @@
+"""The `tokenmill serve` verb: a model folder behind an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tokenmill.errors import TokenmillError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model folder behind an OpenAI-compatible API (paged KV cache, continuous batching)",
+        description=(
+            "Serve MODEL_DIR (a self-contained model folder: model.json, model.safetensors and the "
+            "tokenizer files) over HTTP with the OpenAI API: /v1/models, /v1/completions, "
+            "/v1/chat/completions (streaming as server-sent events), plus /health and /metrics "
+            "(Prometheus). One engine thread owns the model and a paged KV cache and batches "
+            "requests continuously. Binds to 127.0.0.1 unless --host says otherwise."
+        ),
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder, e.g. runs/demo/05_pretrain/model")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("TOKENMILL_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $TOKENMILL_API_KEY, else none)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model's name in the API (default: the folder's name)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, when MODEL_DIR holds no tokenizer")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights and KV cache dtype (default: as stored)")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default 16)")
+    engine.add_argument("--kv-cache-mb", type=int, metavar="MB",
+                        help="memory for the KV cache (default: room for --max-num-seqs full-context sequences)")
+    engine.add_argument("--max-num-seqs", type=int, default=64, help="sequences in a batch at most (default 64)")
+    engine.add_argument("--max-num-batched-tokens", type=int, default=1024,
+                        help="tokens per step at most, the chunk size of long prompts (default 1024)")
+    engine.add_argument("--no-prefix-caching", action="store_true", help="do not share KV blocks between prompts")
+    limits = p.add_argument_group("limits (each refused with a 4xx)")
+    limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (default 1 MiB)")
+    limits.add_argument("--max-prompt-tokens", type=int, help="prompt length (default: the context length - 1)")
+    limits.add_argument("--max-tokens", type=int, help="max_tokens of a request (default: the context length)")
+    limits.add_argument("--max-n", type=int, default=8, help="n of a request (default 8)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from tokenmill.deploy.serve.engine import AsyncEngine, Engine, EngineConfig
+    from tokenmill.deploy.serve.server import Limits, create_app
+    from tokenmill.model import load_model
+    from tokenmill.tokenizer import Tokenizer
+    from tokenmill.tokenizer.artifact import HF_FILE, META_FILE
+
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise TokenmillError(f"model folder not found: {model_dir}")
+    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else model_dir
+    missing = [f for f in (HF_FILE, META_FILE) if not (tokenizer_dir / f).is_file()]
+    if missing:
+        raise TokenmillError(
+            f"{tokenizer_dir} holds no tokenmill tokenizer ({' and '.join(missing)} missing); "
+            "point --tokenizer at the tokenizer folder (stage 03's output)"
+        )
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    model = load_model(model_dir, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise TokenmillError(
+            f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocab_size {model.config.vocab_size}"
+        )
+    config = EngineConfig(
+        block_size=args.block_size,
+        kv_cache_bytes=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        prefix_caching=not args.no_prefix_caching,
+    )
+    try:
+        engine = AsyncEngine(Engine(model, tokenizer, config))
+    except ValueError as e:
+        raise TokenmillError(f"cannot start the engine: {e}") from None
+    limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.max_n)
+    app = create_app(engine, args.served_model_name or model_dir.resolve().name, args.api_key, limits)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,227 @@
+"""The engine against a plain greedy loop without a cache, and the sampler against transformers' processors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from serve_helpers import ARCHITECTURES, EXTRA, reference_greedy, tiny_model
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+)
+
+from tokenmill.deploy.serve.engine import Engine, EngineConfig
+from tokenmill.deploy.serve.sampling import SamplingParams, apply_penalties, warp
+
+TEXTS = [
+    "The quick brown fox",
+    "def f(x): return x",
+    EXTRA[0] + " What is a lambda?",
+    "Straße",
+    "x",
+    "Compound statements contain groups of other statements; they affect the execution of those statements.",
+]
+
+
+def run(engine: Engine, requests: dict[str, tuple[list[int], SamplingParams]]) -> dict[str, dict]:
+    """Every request through `engine` to the end: per request, per choice, its tokens, text pieces and finish."""
+    for rid, (ids, params) in requests.items():
+        engine.add_request(rid, ids, params)
+    results: dict[str, dict] = {rid: {} for rid in requests}
+    for _ in range(10_000):
+        if not engine.has_unfinished():
+            break
+        for out in engine.step():
+            for d in out.deltas:
+                c = results[out.request_id].setdefault(d.index, {"tokens": [], "pieces": [], "logprobs": []})
+                c["tokens"] += d.token_ids
+                c["pieces"].append(d.text)
+                c["logprobs"] += d.logprobs
+                c["finish"] = d.finish_reason
+            if out.finished:
+                results[out.request_id]["usage"] = (out.prompt_tokens, out.completion_tokens)
+    assert not engine.has_unfinished()
+    return results
+
+
+def prompts(tokenizer) -> list[list[int]]:
+    return [[tokenizer.bos_id, *tokenizer.encode(t)] for t in TEXTS]
+
+
+def all_blocks_free(engine: Engine) -> bool:
+    bm = engine.blocks
+    return bm.num_free_blocks == bm.num_usable_blocks and not any(bm.ref) and not bm.tables
+
+
+GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_greedy_equals_a_loop_without_cache_alone_and_batched(tokenizer, arch):
+    model = tiny_model(tokenizer, arch)
+    expected = [reference_greedy(model, p, GREEDY.max_tokens) for p in prompts(tokenizer)]
+    # Small blocks (many per sequence) and a small token budget (prompts read in chunks).
+    config = EngineConfig(num_blocks=200, block_size=4, max_num_seqs=8, max_num_batched_tokens=16)
+    for i, p in enumerate(prompts(tokenizer)[:2]):  # alone
+        assert run(Engine(model, tokenizer, config), {"a": (p, GREEDY)})["a"][0]["tokens"] == expected[i]
+    engine = Engine(model, tokenizer, config)
+    batched = run(engine, {str(i): (p, GREEDY) for i, p in enumerate(prompts(tokenizer))})
+    assert [batched[str(i)][0]["tokens"] for i in range(len(TEXTS))] == expected
+    assert all_blocks_free(engine)
+
+
+@pytest.mark.parametrize("prefix_caching", [True, False])
+def test_greedy_is_unchanged_by_preemption_and_prefix_sharing(tokenizer, model, prefix_caching):
+    system = tokenizer.encode_chat([{"role": "system", "content": EXTRA[0]}, {"role": "user", "content": "Hi"}]).ids
+    shared = [system + tokenizer.encode(t) for t in TEXTS] + prompts(tokenizer)
+    expected = [reference_greedy(model, p, GREEDY.max_tokens) for p in shared]
+    # 23 blocks of 8: room for about three of these sequences at a time.
+    engine = Engine(model, tokenizer, EngineConfig(num_blocks=24, block_size=8, max_num_seqs=12,
+                                                   max_num_batched_tokens=64, prefix_caching=prefix_caching))
+    results = run(engine, {str(i): (p, GREEDY) for i, p in enumerate(shared)})
+    assert [results[str(i)][0]["tokens"] for i in range(len(shared))] == expected
+    assert engine.scheduler.num_preemptions > 0
+    assert (engine.blocks.prefix_hits > 0) == prefix_caching
+    assert all_blocks_free(engine)
+
+
+def test_n_samples_fork_the_prompt_and_copy_its_last_block_on_write(tokenizer, model, monkeypatch):
+    prompt = prompts(tokenizer)[2]
+    assert len(prompt) % 4  # the prompt's last block is partly filled, so the forks share it
+    sampled = SamplingParams(n=3, temperature=1.0, top_k=50, max_tokens=20, seed=7, ignore_eos=True)
+    config = EngineConfig(num_blocks=100, block_size=4, max_num_seqs=8, max_num_batched_tokens=64)
+    engine = Engine(model, tokenizer, config)
+    copies = []
+    copy_blocks = engine.runner.copy_blocks
+    monkeypatch.setattr(engine.runner, "copy_blocks", lambda c: (copies.extend(c), copy_blocks(c)))
+    others = {str(i): (p, GREEDY) for i, p in enumerate(prompts(tokenizer)[:2])}
+    forked = run(engine, {"n3": (prompt, sampled), **others})
+    assert len(copies) == 2  # two of the three writers copied the shared block, the last wrote in place
+    # Choice i draws from its own generator (seed + i): the same tokens as a lone request with that seed.
+    for i in range(3):
+        alone = SamplingParams(n=1, temperature=1.0, top_k=50, max_tokens=20, seed=7 + i, ignore_eos=True)
+        lone = run(Engine(model, tokenizer, config), {"a": (prompt, alone)})["a"]
+        assert forked["n3"][i]["tokens"] == lone[0]["tokens"]
+    assert len({tuple(forked["n3"][i]["tokens"]) for i in range(3)}) == 3
+    assert forked["n3"]["usage"] == (len(prompt), 60)
+    assert all_blocks_free(engine)
+
+
+def test_stop_tokens_and_stop_strings_end_the_text_where_they_start(tokenizer, model):
+    prompt = prompts(tokenizer)[0]
+    tokens = reference_greedy(model, prompt, 30)
+    text = tokenizer.decode(tokens)
+    config = EngineConfig(num_blocks=64, block_size=4)
+
+    stop_id = tokens[5]
+    first = tokens.index(stop_id)
+    params = SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[stop_id], ignore_eos=True)
+    got = run(Engine(model, tokenizer, config), {"a": (prompt, params)})["a"]
+    assert got[0]["tokens"] == tokens[: first + 1] and got[0]["finish"] == "stop"
+    assert "".join(got[0]["pieces"]) == tokenizer.decode(tokens[:first])
+    assert got["usage"] == (len(prompt), first + 1)
+
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    params = SamplingParams(temperature=0, max_tokens=30, stop=["\x00never", stop], ignore_eos=True)
+    got = run(Engine(model, tokenizer, config), {"a": (prompt, params)})["a"]
+    assert "".join(got[0]["pieces"]) == text[: text.index(stop)]
+    assert got[0]["finish"] == "stop" and len(got[0]["tokens"]) < 30
+
+
+def test_streamed_pieces_put_together_are_the_decoded_text(tokenizer, model):
+    # Sampling reaches odd tokens: parts of multi-byte characters, special tokens.
+    params = SamplingParams(temperature=1.5, max_tokens=40, seed=3, ignore_eos=True)
+    results = run(Engine(model, tokenizer, EngineConfig(num_blocks=200)),
+                  {str(i): (p, params) for i, p in enumerate(prompts(tokenizer))})
+    for r in results.values():
+        assert "".join(r[0]["pieces"]) == tokenizer.decode(r[0]["tokens"])
+        assert r[0]["finish"] == "length"
+
+
+def test_logprobs_are_the_models_distribution(tokenizer, model):
+    prompt = prompts(tokenizer)[1]
+    params = SamplingParams(temperature=0, max_tokens=6, logprobs=3, ignore_eos=True)
+    got = run(Engine(model, tokenizer, EngineConfig(num_blocks=64)), {"a": (prompt, params)})["a"][0]
+    ids = list(prompt)
+    for token, lp in zip(got["tokens"], got["logprobs"]):
+        with torch.no_grad():
+            ref = model(torch.tensor([ids]))[0, -1].log_softmax(-1)
+        top = ref.topk(3)
+        assert lp.token_id == token == top.indices[0]
+        assert lp.logprob == pytest.approx(float(ref[token]), abs=1e-5)
+        assert [i for i, _ in lp.top] == top.indices.tolist()
+        assert [v for _, v in lp.top] == pytest.approx(top.values.tolist(), abs=1e-5)
+        ids.append(token)
+
+
+def test_an_aborted_request_gives_back_its_blocks(tokenizer, model):
+    engine = Engine(model, tokenizer, EngineConfig(num_blocks=64, block_size=4))
+    for i, p in enumerate(prompts(tokenizer)[:3]):
+        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+    for _ in range(5):
+        engine.step()
+    assert engine.blocks.num_free_blocks < engine.blocks.num_usable_blocks
+    for i in range(3):
+        engine.abort_request(str(i))
+    assert not engine.has_unfinished() and all_blocks_free(engine)
+
+
+def test_requests_the_engine_cannot_serve_are_refused(tokenizer, model):
+    engine = Engine(model, tokenizer, EngineConfig(num_blocks=8, block_size=4))  # 28 token slots
+    with pytest.raises(ValueError, match="maximum context length is 160 tokens, but 170"):
+        engine.add_request("a", [1] * 10, SamplingParams(max_tokens=160))
+    with pytest.raises(ValueError, match="do not fit the KV cache of 28 tokens"):
+        engine.add_request("a", [1] * 10, SamplingParams(max_tokens=19))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.add_request("a", [tokenizer.vocab_size], SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request("a", [], SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+
+
+# -- the sampler against transformers' logits processors ------------------------------------------
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 20, 1.0), (1.3, 0, 0.8), (0.5, 40, 0.9)])
+def test_warping_matches_transformers(temperature, top_k, top_p):
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(top_k))
+    ours = torch.stack([warp(row, SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)) for row in logits])
+    theirs = TemperatureLogitsWarper(temperature)(None, logits)
+    if top_k:
+        theirs = TopKLogitsWarper(top_k)(None, theirs)
+    if top_p < 1:
+        theirs = TopPLogitsWarper(top_p)(None, theirs)
+    assert torch.equal(ours.isinf(), theirs.isinf())
+    assert torch.allclose(ours[~ours.isinf()], theirs[~theirs.isinf()])
+
+
+def test_penalties_match_transformers_and_the_openai_formula():
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(1))
+    prompt, output = [3, 5, 5, 7], [7, 9, 9, 9, 11]
+    ours = apply_penalties(logits.clone(), SamplingParams(repetition_penalty=1.3), prompt, output)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt + output]), logits[None].clone())[0]
+    assert torch.allclose(ours, theirs)
+    # OpenAI: logit - count * frequency_penalty - (count > 0) * presence_penalty, over the output only.
+    ours = apply_penalties(logits.clone(), SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), prompt, output)
+    expected = logits.clone()
+    for token, count in {7: 1, 9: 3, 11: 1}.items():
+        expected[token] -= 0.25 * count + 0.5
+    assert torch.allclose(ours, expected)
+
+
+@pytest.mark.parametrize("method", ["int8", "rtn4"])
+def test_a_quantized_model_folder_serves_its_own_greedy_tokens(tokenizer, tmp_path, monkeypatch, method):
+    from tokenmill.deploy.quant.io import save_quantized
+    from tokenmill.deploy.quant.linear import QuantLinear
+    from tokenmill.deploy.quant.quantize import quantize_model, scheme_for
+    from tokenmill.model import load_model
+
+    fp = tiny_model(tokenizer)
+    save_quantized(fp, tmp_path, quantize_model(fp, method, scheme_for(method, 32)))
+    quantized = load_model(tmp_path, device="cpu")  # the loader `tokenmill serve` uses
+    # One path for one row and for many, so that the loop without cache and the batch agree.
+    monkeypatch.setattr(QuantLinear, "use_kernels", False)
+    expected = [reference_greedy(quantized, p, GREEDY.max_tokens) for p in prompts(tokenizer)[:3]]
+    engine = Engine(quantized, tokenizer, EngineConfig(num_blocks=100, block_size=8))
+    results = run(engine, {str(i): (p, GREEDY) for i, p in enumerate(prompts(tokenizer)[:3])})
+    assert [results[str(i)][0]["tokens"] for i in range(3)] == expected
+    assert engine.runner.k_pool[0].dtype == torch.float32
