@@ -395,8 +395,8 @@ class Trainer:
     def _report(self, state: TrainState, metrics: list[dict], seconds: float) -> dict:
         steps = [m for m in metrics if "loss" in m]
         evals = [m for m in metrics if "val_loss" in m]
-        timed = [m for m in steps[min(len(steps) - 1, 2):]]  # the first steps warm up
-        tail = steps[-20:]
+        timed = steps[2:] or steps  # the first steps warm up
+        tail = steps[-20:]  # the final train loss is the mean of the last 20 steps
         b = self.batch
         return {
             "steps": state.step,
