@@ -102,16 +102,21 @@ def load_model(
         from tokenmill.deploy.quant.io import load_quantized
         return load_quantized(folder, device, dtype)
     config = read_config(folder)
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise TokenmillError(f"no weights in {folder}: {WEIGHTS} is missing")
-    device = torch.device(device) if device is not None else default_device()
-    state = load_file(str(path), device=str(device))
+    path, state = read_weights(folder, device)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     with torch.device("meta"):
         model = Transformer(config)
-    return load_state(model, state, str(path)).eval()
+    return load_state(model, state, path).eval()
+
+
+def read_weights(folder: Path, device: torch.device | str | None = None) -> tuple[str, dict[str, torch.Tensor]]:
+    """The path and the tensors of a model folder's weights file, on `device` (CUDA when present)."""
+    path = folder / WEIGHTS
+    if not path.is_file():
+        raise TokenmillError(f"no weights in {folder}: {WEIGHTS} is missing")
+    device = torch.device(device) if device is not None else default_device()
+    return str(path), load_file(str(path), device=str(device))
 
 
 def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:

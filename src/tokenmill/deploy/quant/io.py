@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from tokenmill.atomic import write_json, write_text
 from tokenmill.deploy.quant.linear import QuantLinear
@@ -22,7 +21,7 @@ from tokenmill.deploy.quant.quantize import replace_linear
 from tokenmill.deploy.quant.rtn import Scheme
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import config_json, read_config
-from tokenmill.model.io import WEIGHTS, default_device, load_state, state_dict_for_saving, write_weights
+from tokenmill.model.io import WEIGHTS, load_state, read_weights, state_dict_for_saving, write_weights
 from tokenmill.model.transformer import Transformer
 
 QUANTIZATION = "quantization.json"
@@ -68,11 +67,7 @@ def load_quantized(folder: str | Path, device: torch.device | str | None = None,
     folder = Path(folder)
     config, info = read_config(folder), read_quantization(folder)
     scheme = Scheme(bits=info["bits"], group_size=info["group_size"], symmetric=info["symmetric"])
-    path = folder / WEIGHTS
-    if not path.is_file():
-        raise TokenmillError(f"no weights in {folder}: {WEIGHTS} is missing")
-    device = torch.device(device) if device is not None else default_device()
-    state = load_file(str(path), device=str(device))
+    path, state = read_weights(folder, device)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(".scales") else v for k, v in state.items()}
     with torch.device("meta"):
@@ -80,7 +75,7 @@ def load_quantized(folder: str | Path, device: torch.device | str | None = None,
         for name in info["modules"]:
             linear = model.get_submodule(name)
             replace_linear(model, name, QuantLinear(linear.in_features, linear.out_features, scheme, linear.bias is not None))
-    return load_state(model, state, str(path)).eval()
+    return load_state(model, state, path).eval()
 
 
 def folder_bytes(folder: str | Path) -> int:
