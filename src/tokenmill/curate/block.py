@@ -18,6 +18,7 @@ lives in fields or on disk, never in open handles.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,18 +159,20 @@ class Block(BaseModel):
 
 
 class DocumentBlock(Block):
+    @abstractmethod
     def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        raise NotImplementedError
+        ...
 
 
 class CorpusBlock(Block):
+    @abstractmethod
     def fit(self, ctx: FitContext) -> None:
         """Look at the whole corpus (`ctx.shards`, in parallel through `ctx.executor`); save state in `ctx.workdir`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, workdir: Path) -> None:
         """Load what `fit` saved; called once per worker process before `apply`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def apply(self, doc: Document, stats: BlockStats) -> Document | None:
-        raise NotImplementedError
+        ...

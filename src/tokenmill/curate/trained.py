@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,8 +57,9 @@ class TrainedBlock(CorpusBlock):
         self._state = json.loads(state_path.read_text(encoding="utf-8"))
         self._model = self.load_model(workdir / self.model_file) if self._state["trained"] else None
 
+    @abstractmethod
     def load_model(self, path: Path) -> Any:
-        raise NotImplementedError
+        ...
 
     def apply(self, doc: Document, stats: BlockStats) -> Document | None:
         if self._state is None:
@@ -67,9 +69,9 @@ class TrainedBlock(CorpusBlock):
             return doc
         return self.score(doc, stats)
 
+    @abstractmethod
     def score(self, doc: Document, stats: BlockStats) -> Document | None:
         """Score `doc` with the loaded model (`self._model`, `self._state`): annotate it, or remove it."""
-        raise NotImplementedError
 
 
 def distribution(values: list[float], digits: int) -> dict[str, float]:

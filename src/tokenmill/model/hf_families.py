@@ -12,6 +12,7 @@ decoder architecture).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from tokenmill.errors import TokenmillError
@@ -79,25 +80,27 @@ def _gelu_from_hf(family: str, act: str) -> dict[str, str]:
     return {"gelu_approx": "none"}
 
 
-class Family:
+class Family(ABC):
     model_type: str
     architecture: str
     transposed = False  # GPT-2 stores Linear weights as (in, out) Conv1D
     ignored_suffixes: tuple[str, ...] = ()  # buffers some old checkpoints saved
 
+    @abstractmethod
     def from_hf(self, h: dict) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_hf(self, config: ModelConfig) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def modules(self, config: ModelConfig) -> dict[str, str]:
         """tokenmill module → HF module; per-layer names carry `{i}`. Q, K, V are in `qkv`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def qkv(self, config: ModelConfig) -> tuple[str, str]:
         """(layout, HF module of the fused QKV, or the q_proj name with `{}` for q/k/v)."""
-        raise NotImplementedError
 
     def header(self) -> dict[str, Any]:
         return {"architectures": [self.architecture], "model_type": self.model_type}

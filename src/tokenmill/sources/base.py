@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from abc import abstractmethod
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -41,11 +42,13 @@ class SourceConfig(BaseModel):
         # islice asks for no document past the limit, so reading stops there.
         return islice(self.read(skips), self.limit)
 
+    @abstractmethod
     def read(self, skips: SkipLog) -> Iterator[Document]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        ...
 
     def describe(self) -> str:
         """A short human name for progress lines and stats."""

@@ -8,6 +8,7 @@ lone surrogates (from a JSON escape) are replaced, and what JSON cannot hold is 
 from __future__ import annotations
 
 import datetime
+from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -110,5 +111,6 @@ class RecordFileSource(SourceConfig):
         for path in self.files():
             yield from self._file_documents(str(path), skips)
 
+    @abstractmethod
     def _file_documents(self, path: str, skips: SkipLog) -> Iterator[Document]:
-        raise NotImplementedError
+        ...

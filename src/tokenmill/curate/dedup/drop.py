@@ -4,6 +4,7 @@ what it duplicates (the kept copy, and for near-duplicates their estimated simil
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,6 @@ class DropListBlock(CorpusBlock):
         stats.remove(doc, *self.removal(copy_of))
         return None
 
+    @abstractmethod
     def removal(self, copy_of: Any) -> tuple[str, str]:
         """The reason and detail recorded for a document whose drop-list entry is `copy_of`."""
-        raise NotImplementedError

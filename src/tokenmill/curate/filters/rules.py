@@ -3,6 +3,8 @@ that rule's name, with what was measured."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from tokenmill.curate.block import BlockStats, DocumentBlock
 from tokenmill.sources.document import Document
 
@@ -10,9 +12,9 @@ from tokenmill.sources.document import Document
 class RuleFilter(DocumentBlock):
     """Subclasses write `failed_rule`."""
 
+    @abstractmethod
     def failed_rule(self, text: str) -> tuple[str, float | str] | None:
         """The first rule the text fails, with the measured value; None if it passes them all."""
-        raise NotImplementedError
 
     def apply(self, doc: Document, stats: BlockStats) -> Document | None:
         rule = self.failed_rule(doc.text)
