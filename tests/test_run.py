@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,12 @@ def test_whole_pipeline_and_downstream_invalidation(tmp_path, capsys):
     for rerun in ("03_tokenizer", "03_encode", "04_model"):
         assert f"[{rerun}] done" in log
     assert manifest(tmp_path / "run")["stages"]["04_model"]["metrics"]["vocab_size"] == 2048
+    # The closing table says which stages this run re-ran, with each one's key figure.
+    summary = {row["stage"]: row for row in json.loads((tmp_path / "run" / "summary.json").read_text())}
+    assert [name for name, row in summary.items() if row["ran"]] == ["03_tokenizer", "03_encode", "04_model"]
+    assert summary["03_tokenizer"]["figure"] == "bpe vocabulary 2,048"
+    assert re.search(r"^04_model +ran +[0-9.]+ s  [0-9,]+ parameters$", log, re.M)
+    assert re.search(r"^01_data +skipped +[0-9.]+ s  [0-9,]+ documents", log, re.M)
 
 
 def test_pretrain_and_quantize_stages(tmp_path):

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from tokenmill.atomic import atomic_dir, write_text
+from tokenmill.atomic import atomic_dir, write_json, write_text
 from tokenmill.config import RunConfig, section_hash, to_yaml
 from tokenmill.errors import TokenmillError
 from tokenmill.runfolder import RunFolder
+from tokenmill.runsummary import format_summary, summary_rows
 from tokenmill.sources.collect import collect
 
 
@@ -205,6 +206,7 @@ def run_pipeline(
     write_text(run.root / "config.yaml", to_yaml(config))
     print(f"run folder: {run.root}", file=log)
 
+    ran: set[str] = set()
     for i, stage in enumerate(STAGES[: last + 1]):
         inputs = {"external": stage.external_inputs(config)}
         for up in stage.upstream:
@@ -230,5 +232,9 @@ def run_pipeline(
             raise
         wall = time.perf_counter() - start
         run.mark_done(stage.name, result.metrics, result.figures, wall)
+        ran.add(stage.name)
         print(f"[{stage.name}] done in {wall:.1f} s", file=log)
+    rows = summary_rows(run, [s.name for s in STAGES[: last + 1]], ran)
+    write_json(run.root / "summary.json", rows)
+    print(format_summary(rows), file=log)
     return run
