@@ -14,6 +14,7 @@ from tokenmill import __version__
 from tokenmill.errors import TokenmillError
 from tokenmill.deploy.quant import cli as quant_cli
 from tokenmill.deploy.serve import cli as serve_cli
+from tokenmill.explorer import cli as explorer_cli
 from tokenmill.model import cli as model_cli
 from tokenmill.pretrain import cli as pretrain_cli
 from tokenmill.tokenizer import cli as tokenizer_cli
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cli.register(sub)
     quant_cli.register(sub)
     serve_cli.register(sub)
+    explorer_cli.register(sub)
     return parser
 
 

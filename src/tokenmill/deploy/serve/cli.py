@@ -6,8 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-from tokenmill.errors import TokenmillError
-
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -31,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the model's name in the API (default: the folder's name)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, when MODEL_DIR holds no tokenizer")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="also serve the explorer of this run folder at /explorer (see `tokenmill explore`)")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
     p.add_argument("--dtype", choices=DTYPES, help="weights and KV cache dtype (default: as stored)")
     engine = p.add_argument_group("engine")
@@ -53,29 +53,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from tokenmill.deploy.serve.engine import AsyncEngine, Engine, EngineConfig
+    from tokenmill.deploy.serve.engine import EngineConfig
+    from tokenmill.deploy.serve.loading import load_engine
     from tokenmill.deploy.serve.server import Limits, create_app
-    from tokenmill.model import load_model
-    from tokenmill.tokenizer import Tokenizer
-    from tokenmill.tokenizer.artifact import HF_FILE, META_FILE
 
     model_dir = Path(args.model_dir)
-    if not model_dir.is_dir():
-        raise TokenmillError(f"model folder not found: {model_dir}")
-    tokenizer_dir = Path(args.tokenizer) if args.tokenizer else model_dir
-    missing = [f for f in (HF_FILE, META_FILE) if not (tokenizer_dir / f).is_file()]
-    if missing:
-        raise TokenmillError(
-            f"{tokenizer_dir} holds no tokenmill tokenizer ({' and '.join(missing)} missing); "
-            "point --tokenizer at the tokenizer folder (stage 03's output)"
-        )
-    tokenizer = Tokenizer.load(tokenizer_dir)
-    model = load_model(model_dir, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise TokenmillError(
-            f"the tokenizer in {tokenizer_dir} has {tokenizer.vocab_size} tokens, more than the model's "
-            f"vocab_size {model.config.vocab_size}"
-        )
     config = EngineConfig(
         block_size=args.block_size,
         kv_cache_bytes=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
@@ -83,11 +65,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         prefix_caching=not args.no_prefix_caching,
     )
-    try:
-        engine = AsyncEngine(Engine(model, tokenizer, config))
-    except ValueError as e:
-        raise TokenmillError(f"cannot start the engine: {e}") from None
+    engine = load_engine(model_dir, config, Path(args.tokenizer) if args.tokenizer else None, args.device,
+                         getattr(torch, args.dtype) if args.dtype else None)
     limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.max_n)
     app = create_app(engine, args.served_model_name or model_dir.resolve().name, args.api_key, limits)
+    if args.run_dir:
+        from tokenmill.explorer import mount_explorer
+
+        mount_explorer(app, Path(args.run_dir), path="/explorer")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0

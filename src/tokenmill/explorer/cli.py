@@ -1,0 +1,70 @@
+"""The `tokenmill explore` verb: the explorer over a run folder, beside the run's model served by the API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokenmill.errors import TokenmillError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explore",
+        help="open a run folder in the browser: the pipeline as blocks, each with its artifacts",
+        description=(
+            "Serve a web page over RUN_DIR that draws the pipeline as eight blocks (data, curation, "
+            "tokenizer, architecture, pre-training, alignment, model weights, deployment); a click opens "
+            "the block's artifacts from this run: statistics, charts, removed examples, the tokenizer on "
+            "your own text, attention maps on your own prompt. The run's latest model folder (quantized, "
+            "else DPO, PPO, SFT, else pre-trained) is served beside it with the OpenAI API, so the page "
+            "can chat with it and show the KV cache live. Reads only inside RUN_DIR; binds to 127.0.0.1 "
+            "unless --host says otherwise."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--model", metavar="KEY", choices=("quantized", "dpo", "ppo", "sft", "pretrained"),
+                   help="which model folder to serve (default: the most downstream one the run has)")
+    p.add_argument("--no-serve", action="store_true", help="only the page: serve no model (no chat, no engine)")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu for the served model (default: CUDA when present)")
+    p.add_argument("--kv-cache-mb", type=int, metavar="MB", help="memory for the KV cache (default: 8 full-context sequences)")
+    p.set_defaults(func=_cmd_explore)
+
+
+def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, device: str | None = None,
+              kv_cache_mb: int | None = None):
+    """The explorer app over `run_dir`; with `serve`, mounted at "/" on the serving API of the
+    run's model folder `model_key` (default: the latest, see stages.MODEL_FOLDERS)."""
+    from tokenmill.explorer.app import explorer_app, mount_explorer
+    from tokenmill.explorer.stages import latest_model, model_folder
+
+    if not run_dir.is_dir():
+        raise TokenmillError(f"run folder not found: {run_dir}")
+    model_dir = (model_folder(run_dir, model_key) if model_key else latest_model(run_dir)) if serve else None
+    if model_key and model_dir is None:
+        raise TokenmillError(f"{run_dir} holds no '{model_key}' model folder")
+    if model_dir is None:
+        return explorer_app(run_dir), None
+
+    from tokenmill.deploy.serve.engine import EngineConfig
+    from tokenmill.deploy.serve.loading import load_engine
+    from tokenmill.deploy.serve.server import create_app
+
+    config = EngineConfig(max_num_seqs=8, kv_cache_bytes=kv_cache_mb * 2**20 if kv_cache_mb else None)
+    engine = load_engine(model_dir, config, device=device)
+    name = f"{run_dir.resolve().name}/{model_dir.relative_to(run_dir).as_posix()}"
+    return mount_explorer(create_app(engine, name), run_dir, path="/"), model_dir
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    run_dir = Path(args.run_dir)
+    app, model_dir = build_app(run_dir, args.model, not args.no_serve, args.device, args.kv_cache_mb)
+    served = f"serving {model_dir} at /v1" if model_dir else "no model served"
+    print(f"explorer of {run_dir} at http://{args.host}:{args.port}/ ({served})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,131 @@
+"""What the explorer computes on request: tokens of a text, attention on a prompt, the engine's state."""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from tokenmill.errors import TokenmillError
+from tokenmill.explorer.stages import model_folder
+
+MAX_TEXT_CHARS = 20_000  # the tokenizer box
+MAX_ATTENTION_TOKENS = 48  # a heat-map with more rows cannot be read
+MAX_GRID_BLOCKS = 2048  # KV-cache blocks drawn one by one; a bigger pool is shown as a bar
+
+
+def token_pieces(tokenizer, ids: list[int]) -> list[dict]:
+    """Each token's id and the text it adds. A token that ends inside a character adds nothing and
+    the token that completes it carries the whole character, so no piece is ever half a character."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return [{"id": i, "text": decoder.decode(tokenizer.token_bytes(i))} for i in ids]
+
+
+class Live:
+    """Loads the tokenizer and models of one run folder on first use and keeps them."""
+
+    def __init__(self, run_dir: Path, keep_models: int = 2) -> None:
+        self.run_dir, self.keep_models = run_dir, keep_models
+        self._lock = threading.Lock()
+        self._tokenizer = None
+        self._models: OrderedDict[str, object] = OrderedDict()
+        self._attention: OrderedDict[tuple[str, str], tuple[list[str], np.ndarray]] = OrderedDict()
+
+    def tokenizer(self):
+        from tokenmill.tokenizer import Tokenizer
+
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = Tokenizer.load(self.run_dir / "03_tokenizer")
+            return self._tokenizer
+
+    def tokenize(self, text: str) -> dict:
+        if len(text) > MAX_TEXT_CHARS:
+            raise TokenmillError(f"the text is {len(text):,} characters; the tokenizer box takes at most {MAX_TEXT_CHARS:,}")
+        tok = self.tokenizer()
+        ids = tok.encode(text)
+        size = len(text.encode("utf-8", "replace"))
+        return {"tokens": token_pieces(tok, ids), "count": len(ids), "bytes": size,
+                "bytes_per_token": round(size / len(ids), 3) if ids else None}
+
+    def _model(self, key: str):
+        import torch
+
+        from tokenmill.model.io import load_model
+
+        folder = model_folder(self.run_dir, key)
+        if folder is None:
+            raise TokenmillError(f"this run has no model '{key}'")
+        if key not in self._models:
+            self._models[key] = load_model(folder, dtype=None if (folder / "quantization.json").is_file() else torch.float32)
+            while len(self._models) > self.keep_models:
+                self._models.popitem(last=False)
+        self._models.move_to_end(key)
+        return self._models[key]
+
+    def attention(self, key: str, prompt: str) -> tuple[list[str], np.ndarray]:
+        """Token labels and attention probabilities (layers, heads, T, T) of `prompt` under model `key`."""
+        from tokenmill.model.anatomy import attention_patterns
+
+        if not prompt.strip():
+            raise TokenmillError("the prompt is empty")
+        prompt = prompt[:MAX_TEXT_CHARS]
+        tok = self.tokenizer()
+        with self._lock:
+            if (key, prompt) in self._attention:
+                return self._attention[(key, prompt)]
+            model = self._model(key)
+            limit = min(model.config.context_length, MAX_ATTENTION_TOKENS)
+            ids = ([tok.bos_id] + tok.encode(prompt))[:limit]
+            labels = [p["text"] or "·" for p in token_pieces(tok, ids)]
+            labels[0] = "<|bos|>"
+            found = (labels, attention_patterns(model, ids))
+            self._attention[(key, prompt)] = found
+            while len(self._attention) > 16:
+                self._attention.popitem(last=False)
+            return found
+
+
+def engine_stats(engine) -> dict:
+    """Running and waiting requests and the KV-cache blocks, read while the engine thread works.
+
+    The gauges are Prometheus objects (thread-safe); the block table is copied in one step, which
+    CPython does without letting the engine thread in between."""
+    if engine is None:
+        return {"attached": False}
+    e = engine.engine
+    registry = e.metrics.registry
+
+    def sample(name: str, labels: dict | None = None) -> float:
+        return registry.get_sample_value(name, labels or {}) or 0.0
+
+    blocks = e.blocks
+    refs = list(blocks.ref)
+    cached = set(dict(blocks.hash_of))
+    usable = blocks.num_usable_blocks
+    used = sum(1 for r in refs[1:] if r > 0)
+    stats = {
+        "attached": True,
+        "alive": engine.alive,
+        "running": int(sample("tokenmill_requests_running")),
+        "waiting": int(sample("tokenmill_requests_waiting")),
+        "block_size": blocks.block_size,
+        "blocks_total": usable,
+        "blocks_used": used,
+        "blocks_shared": sum(1 for r in refs[1:] if r > 1),
+        "blocks_cached_free": sum(1 for b in range(1, len(refs)) if refs[b] == 0 and b in cached),
+        "kv_usage": round(used / usable, 4) if usable else 0.0,
+        "max_num_seqs": e.config.max_num_seqs,
+        "generated_tokens": int(sample("tokenmill_generation_tokens_total")),
+        "prompt_tokens": int(sample("tokenmill_prompt_tokens_total")),
+        "preemptions": int(sample("tokenmill_preemptions_total")),
+        "prefix_hit_tokens": int(sample("tokenmill_prefix_cache_hits_tokens_total")),
+    }
+    if usable <= MAX_GRID_BLOCKS:
+        # 0 free, 1 free but its prefix still cached, 2 held by one sequence, 3 shared
+        stats["blocks"] = [0 if r == 0 and b not in cached else 1 if r == 0 else 2 if r == 1 else 3
+                           for b, r in enumerate(refs) if b > 0]
+    return stats

@@ -1,0 +1,169 @@
+"""Panels of the training and deployment blocks: 05 pre-training, 06 alignment, 08 deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenmill.explorer.files import read_json, read_jsonl
+from tokenmill.explorer.panels import chart, facts, note, stage_facts, stage_figures, table
+from tokenmill.figures import human_bytes
+
+ALIGN_METHODS = ("sft", "rm", "dpo", "ppo")
+# The figures each alignment method is judged by; a key is charted when its name contains one.
+ALIGN_CHARTS = {
+    "sft": (("loss", "SFT loss"),),
+    "rm": (("accuracy", "reward-model accuracy"), ("loss", "reward-model loss")),
+    "dpo": (("margin", "DPO reward margins"), ("accuracy", "DPO preference accuracy"), ("loss", "DPO loss")),
+    "ppo": (("reward", "PPO reward"), ("kl", "PPO KL to the reference")),
+}
+
+
+def pretrain_logs(run_dir: Path) -> Path | None:
+    """Where the training logs are: the finished stage's folder, else the work folder of a run in progress."""
+    for folder in (run_dir / "05_pretrain", run_dir / "05_pretrain.work"):
+        if (folder / "metrics.jsonl").is_file():
+            return folder
+    return None
+
+
+def checkpoints(run_dir: Path) -> list[list]:
+    root = run_dir / "05_pretrain.work" / "checkpoints"
+    rows = []
+    for kind, folder in (("golden", root / "golden"), ("regular", root)):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("step-*")):
+            marker = read_json(path / "tokenmill_checkpoint.json")
+            if marker is None:
+                continue  # being written
+            state = marker.get("state", {})
+            rows.append([kind, marker.get("step"), state.get("tokens"), f"05_pretrain.work/checkpoints/"
+                         f"{'golden/' if kind == 'golden' else ''}{path.name}"])
+    return sorted(rows, key=lambda r: (r[1] or 0, r[0]))
+
+
+def pretrain_panel(run_dir: Path) -> list[dict]:
+    logs = pretrain_logs(run_dir)
+    if logs is None:
+        return [note("not run: no training logs in 05_pretrain yet")]
+    report = read_json(run_dir / "05_pretrain" / "report.json", {}) or {}
+    final, speed = report.get("final", {}), report.get("throughput", {})
+    sections = [stage_facts(run_dir, "05_pretrain")]
+    if logs.name.endswith(".work"):
+        sections.append(note("training is in progress: the charts show the steps logged so far"))
+    sections += [
+        facts("the run", [("steps", report.get("steps")), ("tokens", report.get("tokens")), ("parameters", report.get("params")),
+                          ("final train loss", final.get("train_loss")), ("validation loss", final.get("val_loss")),
+                          ("validation perplexity", final.get("val_ppl")), ("tokens per second", speed.get("tokens_per_s")),
+                          ("device", report.get("device")), ("precision", report.get("precision")),
+                          ("seconds", report.get("seconds")),
+                          ("tokens per parameter", report.get("chinchilla", {}).get("tokens_per_param"))]),
+        chart("loss and validation loss", "chart/05/loss.svg"),
+        chart("learning rate", "chart/05/lr.svg"),
+        chart("gradient norm", "chart/05/grad_norm.svg"),
+        table("checkpoints (golden ones are kept for good)", ["kind", "step", "tokens", "folder"], checkpoints(run_dir)),
+    ]
+    events = read_jsonl(logs / "events.jsonl")
+    if events:
+        sections.append(table("events (loss spikes, rollbacks)", sorted({k for e in events for k in e}),
+                              [[e.get(k, "") for k in sorted({k for e in events for k in e})] for e in events]))
+    samples = read_jsonl(logs / "samples.jsonl")
+    if samples:
+        sections.append({"type": "samples", "title": "what the model wrote as it trained", "groups": [
+            {"title": "samples", "count": len(samples),
+             "items": [{"id": f"step {s.get('step')}", "meta": f"prompt: {s.get('prompt', '')}", "text": s.get("text", "")}
+                       for s in samples]}]})
+    return sections + [s for s in [stage_figures(run_dir, "05_pretrain")] if s]
+
+
+def align_series(run_dir: Path, method: str) -> dict[str, list[tuple[float, float]]]:
+    """Every numeric figure of a method's metrics.jsonl, as (step, value) points."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for i, row in enumerate(read_jsonl(run_dir / "06_align" / method / "metrics.jsonl")):
+        step = row.get("step", i)
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                series.setdefault(k, []).append((step, float(v)))
+    return series
+
+
+def align_chart_keys(run_dir: Path, method: str) -> list[tuple[str, str, list[str]]]:
+    """(chart name, title, metric keys) of the charts a method's metrics allow."""
+    keys = list(align_series(run_dir, method))
+    out = []
+    for word, title in ALIGN_CHARTS.get(method, ()):
+        chosen = [k for k in keys if word in k.lower()]
+        if chosen:
+            out.append((f"{method}-{word}", title, chosen))
+    return out
+
+
+def align_panel(run_dir: Path) -> list[dict]:
+    root = run_dir / "06_align"
+    if not root.is_dir():
+        return [note("not run: 06_align is not in this run folder yet")]
+    sections = [stage_facts(run_dir, "06_align")]
+    summary = read_json(root / "summary.json", {}) or {}
+    if summary:
+        sections.append(facts("alignment, in brief", list(summary.items())))
+    for method in (*ALIGN_METHODS, "cai"):
+        folder = root / method
+        if not folder.is_dir():
+            sections.append(note(f"{method.upper()}: not run"))
+            continue
+        own = read_json(folder / "summary.json", {}) or {}
+        sections.append(facts(method.upper(), [(k, v) for k, v in own.items() if not isinstance(v, (dict, list))]))
+        for name, title, _ in align_chart_keys(run_dir, method):
+            sections.append(chart(title, f"chart/06/{name}.svg"))
+    examples = read_jsonl(root / "cai" / "critiques.jsonl", limit=6)
+    if examples:
+        sections.append({"type": "samples", "title": "constitutional AI: original, critique, revision", "groups": [
+            {"title": "examples", "count": len(examples), "items": [cai_item(i, e) for i, e in enumerate(examples)]}]})
+    return sections
+
+
+def cai_item(i: int, example: dict) -> dict:
+    """One critique record as labelled parts: the known fields in reading order, then any other text."""
+    order = ("prompt", "original", "response", "principle", "critique", "revision")
+    keys = [k for k in order if k in example] + [k for k in example if k not in order and isinstance(example[k], str)]
+    return {"id": f"example {i + 1}", "meta": "", "parts": [[k, _text(example[k])] for k in keys]}
+
+
+def _text(v: object) -> str:
+    if isinstance(v, list):  # a message list
+        return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in v)
+    return str(v)
+
+
+def deploy_panel(run_dir: Path, engine_info: dict) -> list[dict]:
+    folder = run_dir / "08_quantize"
+    sections = []
+    if folder.is_dir():
+        metrics = ((read_json(run_dir / "manifest.json", {}) or {}).get("stages", {}).get("08_quantize", {})
+                   .get("metrics", {}))
+        sections += [stage_facts(run_dir, "08_quantize"),
+                     facts("quantization", [("method", metrics.get("method")), ("bits", metrics.get("bits")),
+                                            ("group size", metrics.get("group_size")),
+                                            ("file size", human_bytes(metrics.get("file_bytes", 0))),
+                                            ("full-precision file size", human_bytes(metrics.get("source_file_bytes", 0))),
+                                            ("layer compression", metrics.get("layer_compression"))])]
+        rows = read_json(folder / "eval.json", {}) or {}
+        if rows:
+            speeds = sorted({k for r in rows.values() for k in r if k.startswith("decode_tok_s_batch")},
+                            key=lambda k: int(k.removeprefix("decode_tok_s_batch")))
+            sections.append(table("quantization: size, perplexity, speed",
+                                  ["variant", "file size", "layer compression", "perplexity", "change",
+                                   *(f"decode tok/s, batch {k.removeprefix('decode_tok_s_batch')}" for k in speeds)],
+                                  [[name, human_bytes(r.get("file_bytes", 0)), r.get("layer_compression"), r.get("perplexity"),
+                                    f"{r.get('perplexity_change', 0):+.2%}", *(r.get(k) for k in speeds)]
+                                   for name, r in rows.items()]))
+        else:
+            sections.append(note("the comparison table was not made (quantize.eval was off)"))
+        figures = stage_figures(run_dir, "08_quantize")
+        if figures:
+            sections.append(figures)
+    else:
+        sections.append(note("not run: 08_quantize is not in this run folder yet"))
+    sections.append({"type": "engine", "title": "the serving engine, live", **engine_info})
+    sections.append({"type": "chat", "title": "chat with the served model", **engine_info})
+    return sections

@@ -1,0 +1,238 @@
+"""The explorer's JSON and SVG routes over a small run made by the test."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from explorer_run import EMAIL, MARKUP, planted_corpus
+from tokenmill.explorer import explorer_app, mount_explorer
+from tokenmill.explorer.stages import latest_model
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    return TestClient(explorer_app(tiny_run))
+
+
+def sections(client, number: str, kind: str | None = None) -> list[dict]:
+    r = client.get(f"/api/panel/{number}")
+    assert r.status_code == 200, r.text
+    return [s for s in r.json()["sections"] if kind is None or s["type"] == kind]
+
+
+def titled(found: list[dict], title: str) -> dict:
+    return next(s for s in found if s["title"] == title)
+
+
+def svg_root(client, url: str) -> ET.Element:
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("image/svg+xml")
+    root = ET.fromstring(r.content)
+    assert root.tag.endswith("svg") and not root.findall(".//{http://www.w3.org/2000/svg}script")
+    return root
+
+
+def test_blocks_in_pipeline_order_with_status_and_key_figure(client, tiny_run):
+    run = client.get("/api/run").json()
+    assert [b["number"] for b in run["blocks"]] == [f"0{i}" for i in range(1, 9)]
+    status = {b["number"]: b["status"] for b in run["blocks"]}
+    assert status == {"01": "done", "02": "done", "03": "done", "04": "done", "05": "done", "06": "not run",
+                      "07": "done", "08": "done"}
+    summary = {r["stage"]: r["figure"] for r in json.loads((tiny_run / "summary.json").read_text())}
+    assert run["blocks"][3]["figure"] == summary["04_model"]
+    assert run["blocks"][2]["figure"] == f"{summary['03_tokenizer']}; {summary['03_encode']}"
+    assert [m["key"] for m in run["models"]] == ["quantized", "pretrained"]
+    assert run["engine"]["attached"] is False
+
+
+def test_every_chart_a_panel_names_is_drawn(client):
+    for number in ("01", "02", "03", "04", "05", "07"):
+        charts = sections(client, number, "chart")
+        assert charts, number
+        for c in charts:
+            svg_root(client, f"/api/{c['src']}")
+        for figures in sections(client, number, "figures"):
+            for path in figures["files"]:
+                assert client.get("/api/file", params={"path": path}).status_code == 200
+
+
+def test_sources_and_sizes(client, tiny_run):
+    stats = json.loads((tiny_run / "01_data" / "stats.json").read_text())
+    table = titled(sections(client, "01", "table"), "sources")
+    assert [r[0] for r in table["rows"]] == ["0:local", "1:jsonl"]
+    assert table["rows"][1][1] == f"{len(planted_corpus(tiny_run.parent / 'again.jsonl')):,}"
+    assert [r[1] for r in table["rows"]] == [f"{s['documents']:,}" for s in stats["sources"]]
+
+
+def test_curation_funnel_samples_duplicates_and_redactions(client, tiny_run):
+    stats = json.loads((tiny_run / "02_curate" / "stats.json").read_text())
+    per_filter = titled(sections(client, "02", "table"), "per filter")
+    assert [r[0] for r in per_filter["rows"]] == [b["name"] for b in stats["blocks"]]
+    assert [r[2] for r in per_filter["rows"]] == [f"{b['docs_in'] - b['docs_out']:,}" for b in stats["blocks"]]
+    funnel = svg_root(client, "/api/chart/02/funnel.svg")
+    assert len(funnel.findall(".//{http://www.w3.org/2000/svg}g")) > len(stats["blocks"])
+
+    samples = sections(client, "02", "samples")[0]["groups"]
+    reasons = {g["title"]: g["count"] for g in samples}
+    expected = {r: v["docs"] for b in stats["blocks"] for r, v in b["removed"].items()}
+    assert reasons == expected and reasons["exact_dedup.duplicate"] == 1
+
+    texts = planted_corpus(tiny_run.parent / "again.jsonl")
+    pairs = {p["kind"]: p for p in sections(client, "02", "pairs")[0]["pairs"]}
+    exact, near = pairs["exact"], pairs["near"]
+    assert "".join(s["text"] for s in exact["removed_segments"]) == texts["planted/essay-0"]
+    assert MARKUP in texts["planted/essay-0"]  # shown in the browser test as text
+    assert all(s["same"] for s in exact["removed_segments"] + exact["kept_segments"])
+    assert {"".join(s["text"] for s in near[side]) for side in ("removed_segments", "kept_segments")} == {
+        texts["planted/near-a"], texts["planted/near-b"]}
+    differs = {s["text"].strip() for side in ("removed_segments", "kept_segments") for s in near[side] if not s["same"]}
+    assert "lantern" in differs and len(differs) == 2
+    assert 0.8 < near["jaccard"] < 1.0
+
+    examples = sections(client, "02", "redactions")[0]["examples"]
+    assert examples and all(any(seg["pii"] == "email" and seg["text"] == "<EMAIL>" for s in e["snippets"] for seg in s)
+                            for e in examples)
+    assert EMAIL not in client.get("/api/panel/02").text
+
+    mixture = titled(sections(client, "02", "table"), "mixture")
+    shares = json.loads((tiny_run / "02_curate" / "mixture.json").read_text())["domains"]
+    assert [r[3] for r in mixture["rows"]] == [f"{d['effective_share']:.1%}" for d in shares.values()]
+
+
+def test_tokenizer_box_matches_the_tokenizer_and_hugging_face(client, tiny_run):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    text = "Naïve café — 日本語 🙂 tokens:\n    indented"
+    out = client.post("/api/tokenize", json={"text": text}).json()
+    hf = HFTokenizer.from_file(str(tiny_run / "03_tokenizer" / "tokenizer.json"))
+    assert [t["id"] for t in out["tokens"]] == hf.encode(text, add_special_tokens=False).ids
+    assert "".join(t["text"] for t in out["tokens"]) == text  # no piece is half a character
+    assert out["count"] == len(out["tokens"]) and out["bytes"] == len(text.encode())
+    facts = dict(sections(client, "03", "facts")[1]["items"])
+    assert facts["vocabulary size"] == "512"
+    too_long = client.post("/api/tokenize", json={"text": "a" * 20_001})
+    assert too_long.status_code == 400 and "at most" in too_long.json()["error"]
+
+
+def test_architecture_and_parameters(client, tiny_run):
+    from tokenmill.model.anatomy import tensor_rows
+    from tokenmill.model.config import read_config
+
+    arch = sections(client, "04", "architecture")[0]
+    assert arch["config"] == json.loads((tiny_run / "04_model" / "model.json").read_text())
+    facts = dict(sections(client, "04", "facts")[1]["items"])
+    total = sum(r["params"] for r in tensor_rows(read_config(tiny_run / "04_model" / "model.json")))
+    assert facts["total"] == f"{total:,}"
+
+
+def test_pretraining_checkpoints_and_golden(client):
+    table = titled(sections(client, "05", "table"), "checkpoints (golden ones are kept for good)")
+    assert [(r[0], r[1]) for r in table["rows"]] == [("regular", "3"), ("golden", "6"), ("regular", "6")]
+    loss = svg_root(client, "/api/chart/05/loss.svg")
+    assert loss.findall(".//{http://www.w3.org/2000/svg}path")
+
+
+def test_attention_probabilities(client, tiny_run):
+    out = client.post("/api/attention", json={"model": "pretrained", "prompt": "The river carries cold water."}).json()
+    assert out["tokens"][0] == "<|bos|>" and "".join(out["tokens"][1:]) == "The river carries cold water."
+    assert (out["layers"], out["heads"]) == (4, 4)
+    svg_root(client, "/api/attention.svg?model=pretrained&prompt=The%20river%20carries%20cold%20water.&layer=3")
+    assert client.get("/api/attention.svg?model=pretrained&prompt=x&layer=4").status_code == 400
+    assert client.post("/api/attention", json={"model": "../05_pretrain", "prompt": "x"}).status_code == 400
+
+    from tokenmill.explorer.live import Live
+
+    _, probs = Live(tiny_run).attention("pretrained", "The river carries cold water.")
+    n = probs.shape[-1]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)  # each query's attention is a distribution
+    assert np.all(probs[..., np.triu_indices(n, 1)[0], np.triu_indices(n, 1)[1]] == 0)  # and causal
+
+
+def test_quantization_table(client, tiny_run):
+    rows = json.loads((tiny_run / "08_quantize" / "eval.json").read_text())
+    table = titled(sections(client, "08", "table"), "quantization: size, perplexity, speed")
+    assert [r[0] for r in table["rows"]] == list(rows) == ["fp32", "bf16", "int8", "int4-rtn", "int4-gptq", "int4-awq"]
+    assert [r[3] for r in table["rows"]] == [f"{r['perplexity']:,.4g}" for r in rows.values()]
+    engine = sections(client, "08", "engine")[0]
+    assert engine["attached"] is False
+
+
+def test_alignment_not_run_then_drawn_from_its_folder(client, tmp_path):
+    assert [s["text"] for s in sections(client, "06")] == ["not run: 06_align is not in this run folder yet"]
+    # The folder layout stage 06 writes, filled by hand here: the panel must chart what it holds.
+    root = tmp_path / "run" / "06_align"
+    logs = {"sft": [{"step": s, "loss": 3 - s / 10} for s in range(5)],
+            "rm": [{"step": s, "loss": 0.7 - s / 20, "accuracy": 0.5 + s / 10} for s in range(5)],
+            "dpo": [{"step": s, "loss": 0.69, "margins": s / 4, "accuracy": 0.6} for s in range(5)],
+            "ppo": [{"step": s, "reward": s / 3, "kl": s / 50, "entropy": 2.0} for s in range(5)]}
+    for method, rows in logs.items():
+        (root / method).mkdir(parents=True)
+        (root / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / method / "summary.json").write_text(json.dumps({"steps": 5}))
+    (root / "cai").mkdir()
+    (root / "cai" / "critiques.jsonl").write_text(json.dumps(
+        {"prompt": "hi", "original": "rude", "critique": "it is rude", "revision": "polite"}) + "\n")
+    (root / "summary.json").write_text(json.dumps({"rm_accuracy": 0.9}))
+    c = TestClient(explorer_app(tmp_path / "run"))
+    found = sections(c, "06")
+    charts = {s["src"]: s["title"] for s in found if s["type"] == "chart"}
+    assert charts == {"chart/06/sft-loss.svg": "SFT loss", "chart/06/rm-accuracy.svg": "reward-model accuracy",
+                      "chart/06/rm-loss.svg": "reward-model loss", "chart/06/dpo-margin.svg": "DPO reward margins",
+                      "chart/06/dpo-accuracy.svg": "DPO preference accuracy", "chart/06/dpo-loss.svg": "DPO loss",
+                      "chart/06/ppo-reward.svg": "PPO reward", "chart/06/ppo-kl.svg": "PPO KL to the reference"}
+    for src in charts:
+        svg_root(c, f"/api/{src}")
+    cai = next(s for s in found if s["type"] == "samples")["groups"][0]["items"][0]
+    assert cai["parts"] == [["prompt", "hi"], ["original", "rude"], ["critique", "it is rude"], ["revision", "polite"]]
+    assert c.get("/api/chart/06/sft-kl.svg").status_code == 404
+
+
+def test_files_only_from_inside_the_run(client, tiny_run, tmp_path):
+    assert client.get("/api/file", params={"path": "config.yaml"}).status_code == 200
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"secret": 1}')
+    (tiny_run / "link.json").symlink_to(outside)
+    try:
+        refused = ["../secret.json", str(outside), "/etc/passwd", "01_data/../../secret.json", "link.json",
+                   "05_pretrain/model/model.safetensors", "no/such.json", "..\\config.yaml", ""]
+        for path in refused:
+            r = client.get("/api/file", params={"path": path})
+            assert r.status_code in (403, 422), (path, r.status_code)
+            assert "\"secret\": 1" not in r.text
+    finally:
+        (tiny_run / "link.json").unlink()
+    assert client.get("/static/..%2fapp.py").status_code == 404
+    page = client.get("/")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+def test_mounted_on_the_server_with_live_engine(tiny_run, one_thread):
+    from tokenmill.deploy.serve.engine import AsyncEngine, Engine, EngineConfig
+    from tokenmill.deploy.serve.server import create_app
+    from tokenmill.model import load_model
+    from tokenmill.tokenizer import Tokenizer
+
+    folder = latest_model(tiny_run)
+    engine = AsyncEngine(Engine(load_model(folder, device="cpu"), Tokenizer.load(folder), EngineConfig(num_blocks=33)))
+    app = mount_explorer(create_app(engine, "tiny"), tiny_run)
+    with TestClient(app) as c:
+        assert c.get("/explorer", follow_redirects=False).headers["location"] == "/explorer/"
+        assert c.get("/explorer/").status_code == 200
+        before = c.get("/explorer/api/engine").json()
+        assert before["attached"] and before["model"] == "tiny" and before["chat_url"] == "/v1/chat/completions"
+        assert (before["blocks_total"], before["blocks_used"], before["running"], before["waiting"]) == (32, 0, 0, 0)
+        assert before["blocks"] == [0] * 32
+        answer = c.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                                                       "max_tokens": 8, "temperature": 0}).json()
+        after = c.get("/explorer/api/engine").json()
+        assert after["generated_tokens"] == answer["usage"]["completion_tokens"] >= 1
+        assert after["prompt_tokens"] == answer["usage"]["prompt_tokens"]
+        assert after["blocks_used"] == 0  # the finished request gave its blocks back
+        assert after["blocks_cached_free"] >= answer["usage"]["prompt_tokens"] // 16  # its full prompt blocks stay findable
+        chat = next(s for s in c.get("/explorer/api/panel/08").json()["sections"] if s["type"] == "chat")
+        assert chat["attached"] and chat["model"] == "tiny"
