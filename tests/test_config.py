@@ -23,6 +23,20 @@ def test_quickstart_preset_validates():
     assert config.data.sources[0].max_bytes == 32_000_000
 
 
+def test_gpt2_small_preset_is_gpt2_at_real_size():
+    config = load_config(ROOT / "configs" / "gpt2-small.yaml")
+    model = config.model.resolve(config.tokenizer.vocab_size)
+    assert (model.n_layers, model.d_model, model.n_heads, model.context_length) == (12, 768, 12, 1024)
+    assert config.pretrain.batch_tokens == 524_288 and config.align.deploy == "dpo"
+
+
+def test_align_methods_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="ppo needs rm"):
+        load_config(write(tmp_path, "align:\n  methods: [dpo, ppo]\n"))
+    with pytest.raises(ConfigError, match="deploy: ppo is not among the methods"):
+        load_config(write(tmp_path, "align:\n  methods: [rm, dpo]\n  deploy: ppo\n"))
+
+
 def test_unknown_top_level_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'pretrian'"):
         load_config(write(tmp_path, "pretrian:\n  lr: 1\n"))

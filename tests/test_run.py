@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tokenmill.config import load_config
 from tokenmill.errors import TokenmillError
@@ -150,13 +151,33 @@ def test_pretrain_and_quantize_stages(tmp_path):
         "model.context_length=64", "pretrain.steps=6", "pretrain.batch_tokens=256", "pretrain.micro_batch=4",
         "pretrain.warmup_steps=2", "pretrain.eval_every=3", "pretrain.eval_batches=2", "pretrain.checkpoint_every=3",
         "pretrain.golden_every=6", "quantize.eval=false", "quantize.calib_samples=8", "quantize.calib_seq_len=64",
+        "align.builtin.train_items=48", "align.builtin.eval_items=16", "align.sft.steps=3", "align.sft.samples=1",
+        "align.rm.steps=3", "align.dpo.steps=3", "align.ppo.steps=2", "align.ppo.batch_size=4",
+        "align.ppo.minibatch_size=2", "align.ppo.max_new_tokens=8", "align.ppo.eval_prompts=4",
+        "align.cai.max_prompts=2", "align.cai.answer_tokens=8", "align.cai.critique_tokens=8",
     ]
     run_pipeline(load_config(preset, tiny))
     stages = manifest(tmp_path / "run")["stages"]
-    assert stages["05_pretrain"]["status"] == stages["08_quantize"]["status"] == "done"
+    assert stages["05_pretrain"]["status"] == stages["06_align"]["status"] == stages["08_quantize"]["status"] == "done"
     assert stages["05_pretrain"]["metrics"]["steps"] == 6
     assert (tmp_path / "run" / "05_pretrain" / "model" / "model.safetensors").is_file()
+    align = tmp_path / "run" / "06_align"
+    for method in ("sft", "rm", "dpo", "ppo"):
+        assert (align / method / "model.safetensors").is_file() and (align / method / "metrics.jsonl").is_file()
+    assert (align / "rm" / "reward_head.safetensors").is_file()
+    for name in ("critiques", "sft", "pref"):
+        assert (align / "cai" / f"{name}.jsonl").is_file()
+    figures = stages["06_align"]["metrics"]
+    assert 0 <= figures["rm_accuracy"] <= 1 and 0 <= figures["dpo_win_rate"] <= 1 and 0 <= figures["ppo_win_rate"] <= 1
+    assert figures["win_rate_prompts"] == 4
     assert (tmp_path / "run" / "08_quantize" / "model" / "quantization.json").is_file()
     from tokenmill.model import load_model
+    from tokenmill.model.io import read_weights
 
     assert load_model(tmp_path / "run" / "08_quantize" / "model") is not None
+    # Stage 08 quantizes the model stage 06 deploys (DPO's by default): the norms, kept in float, are DPO's.
+    quantized, dpo, sft = (read_weights(folder)[1] for folder in
+                           (tmp_path / "run" / "08_quantize" / "model", align / "dpo", align / "sft"))
+    norms = [name for name in dpo if "norm" in name]
+    assert norms and all(torch.equal(quantized[name], dpo[name]) for name in norms)
+    assert not all(torch.equal(sft[name], dpo[name]) for name in norms)

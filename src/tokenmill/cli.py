@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tokenmill import __version__
 from tokenmill.errors import TokenmillError
+from tokenmill.align import cli as align_cli
+from tokenmill.align import cli_rl as align_rl_cli
 from tokenmill.deploy.quant import cli as quant_cli
 from tokenmill.deploy.serve import cli as serve_cli
 from tokenmill.explorer import cli as explorer_cli
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_cli.register(sub)
     model_cli.register(sub)
     pretrain_cli.register(sub)
+    align_cli.register(sub)
+    align_rl_cli.register(sub)
     quant_cli.register(sub)
     serve_cli.register(sub)
     explorer_cli.register(sub)

@@ -14,6 +14,7 @@ import xxhash
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tokenmill.align.config import AlignConfig
 from tokenmill.curate.config import CurateConfig
 from tokenmill.deploy.quant.config import QuantizeConfig
 from tokenmill.errors import ConfigError
@@ -45,6 +46,7 @@ class RunConfig(Section):
     encode: EncodeConfig = Field(default_factory=EncodeConfig)
     model: ModelSection = Field(default_factory=ModelSection)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
 
     def resolved_run_dir(self) -> Path:

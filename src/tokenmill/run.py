@@ -120,10 +120,35 @@ def _run_pretrain(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
     return StageResult(metrics=metrics, figures=["loss.svg", "lr.svg"])
 
 
+def _run_align(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.align.stage import align_stage
+
+    # The built-in instruction and preference sets come from the raw documents: curation's
+    # mixture repeats some of them, and its PII redaction would blank out parts of answers.
+    metrics = align_stage(config.align, run.stage_dir("05_pretrain") / "model", [run.stage_dir("01_data") / "shards"], out)
+    return StageResult(metrics=metrics, figures=sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.svg")))
+
+
+def _align_inputs(config: RunConfig) -> str:
+    from tokenmill.sources.base import stat_fingerprint
+
+    cai = config.align.cai
+    named = {**{f"align.data.{k}": v for k, v in config.align.data.given().items()},
+             "align.cai.constitution": cai.constitution, "align.cai.critique_prompt": cai.critique_prompt,
+             "align.cai.revision_prompt": cai.revision_prompt}
+    files = {key: Path(path) for key, path in named.items() if path}
+    for key, path in files.items():
+        if not path.is_file():
+            raise TokenmillError(f"{key}: file not found: {path}")
+    return stat_fingerprint(list(files.values()))
+
+
 def _run_quantize(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
     from tokenmill.deploy.quant.stage import quantize_stage
 
-    metrics = quantize_stage(run.stage_dir("05_pretrain") / "model", run.stage_dir("03_encode"), config.quantize, out)
+    # The model that is deployed: the aligned one stage 06 names.
+    model_dir = run.stage_dir("06_align") / config.align.deploy
+    metrics = quantize_stage(model_dir, run.stage_dir("03_encode"), config.quantize, out)
     return StageResult(metrics=metrics, figures=sorted(p.name for p in out.glob("*.svg")))
 
 
@@ -167,10 +192,18 @@ STAGES: list[Stage] = [
         _no_external_inputs,
     ),
     Stage(
+        "06_align",
+        "align",
+        "align the model: SFT, reward model, DPO, PPO, constitutional AI",
+        ("01_data", "05_pretrain"),
+        _run_align,
+        _align_inputs,
+    ),
+    Stage(
         "08_quantize",
         "quantize",
-        "quantize the trained weights and measure what it costs",
-        ("03_encode", "05_pretrain"),
+        "quantize the aligned weights and measure what it costs",
+        ("03_encode", "06_align"),
         _run_quantize,
         _no_external_inputs,
     ),

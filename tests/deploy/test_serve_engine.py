@@ -9,6 +9,7 @@ from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
 )
 
+from tokenmill.deploy.serve import runner
 from tokenmill.deploy.serve.engine import Engine, EngineConfig
 from tokenmill.deploy.serve.sampling import SamplingParams, apply_penalties, warp
 
@@ -56,17 +57,20 @@ GREEDY = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_greedy_equals_a_loop_without_cache_alone_and_batched(tokenizer, arch):
+def test_greedy_equals_a_loop_without_cache_alone_and_batched(tokenizer, arch, monkeypatch):
     model = tiny_model(tokenizer, arch)
     expected = [reference_greedy(model, p, GREEDY.max_tokens) for p in prompts(tokenizer)]
     # Small blocks (many per sequence) and a small token budget (prompts read in chunks).
     config = EngineConfig(num_blocks=200, block_size=4, max_num_seqs=8, max_num_batched_tokens=16)
     for i, p in enumerate(prompts(tokenizer)[:2]):  # alone
         assert run(Engine(model, tokenizer, config), {"a": (p, GREEDY)})["a"][0]["tokens"] == expected[i]
-    engine = Engine(model, tokenizer, config)
-    batched = run(engine, {str(i): (p, GREEDY) for i, p in enumerate(prompts(tokenizer))})
-    assert [batched[str(i)][0]["tokens"] for i in range(len(TEXTS))] == expected
-    assert all_blocks_free(engine)
+    # All decoding sequences in one attention group, then in groups of two of different lengths.
+    for group_rows in (runner.GROUP_ROWS, 2):
+        monkeypatch.setattr(runner, "GROUP_ROWS", group_rows)
+        engine = Engine(model, tokenizer, config)
+        batched = run(engine, {str(i): (p, GREEDY) for i, p in enumerate(prompts(tokenizer))})
+        assert [batched[str(i)][0]["tokens"] for i in range(len(TEXTS))] == expected
+        assert all_blocks_free(engine)
 
 
 @pytest.mark.parametrize("prefix_caching", [True, False])

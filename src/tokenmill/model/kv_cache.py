@@ -7,8 +7,14 @@ The model talks to a cache through one call, made by every attention layer:
 `k` and `v` are the new tokens' keys and values, (batch, n_kv_heads, T, head_dim), at
 `positions` (T,) or (batch, T). The cache stores them and returns every key and value the new
 tokens may attend to, (batch, n_kv_heads, S, head_dim), with the token at position p at index
-p; the model masks what a query must not see (later positions, slots not yet written). A paged
-cache (blocks and block tables, as in vLLM) plugs in by implementing the same call.
+p; the model masks what a query must not see (later positions, slots not yet written).
+
+A cache may instead compute attention itself, when the model's mask cannot describe its layout:
+
+    y = cache.attend(layer_idx, q, k, v)    # (batch, n_heads, T, head_dim), no probabilities
+
+The serving engine's paged cache (deploy/serve/runner.py) does: it lays the tokens of many
+sequences end to end in one row and reads each sequence's keys from its blocks.
 """
 
 from __future__ import annotations

@@ -53,22 +53,38 @@ class Norm(nn.Module):
 
 
 class AttentionMask:
-    """The additive attention bias of one forward pass: causal, sliding window and ALiBi.
+    """The additive attention bias of one forward pass: causal, sliding window, ALiBi, and packing.
 
     Every layer attends to the same keys, so the bias is built once per key length and shared.
     None means plain causal attention over a fresh sequence, which SDPA does without a mask.
+    With `segment_ids` (batch, seq), a row holds several packed examples and a token sees only
+    the earlier tokens of its own example.
     """
 
-    def __init__(self, positions: torch.Tensor, window: int | None, slopes: torch.Tensor | None, plain: bool) -> None:
+    def __init__(
+        self,
+        positions: torch.Tensor,
+        window: int | None,
+        slopes: torch.Tensor | None,
+        plain: bool,
+        segment_ids: torch.Tensor | None = None,
+    ) -> None:
         self.positions, self.window, self.slopes, self.plain = positions, window, slopes, plain
+        self.segment_ids = segment_ids
         self.built: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def __call__(self, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
         if self.plain:
             return None
         if (n_keys, dtype) not in self.built:
-            distance = self.positions[..., :, None] - torch.arange(n_keys, device=self.positions.device)  # (..., T, S)
-            allowed = distance >= 0
+            if self.segment_ids is None:
+                distance = self.positions[..., :, None] - torch.arange(n_keys, device=self.positions.device)  # (..., T, S)
+                allowed = distance >= 0
+            else:
+                # Positions restart in each packed example, so distances come from the row index.
+                index = torch.arange(n_keys, device=self.segment_ids.device)
+                distance = index[:, None] - index  # (T, S)
+                allowed = (distance >= 0) & (self.segment_ids[:, :, None] == self.segment_ids[:, None, :])
             if self.window is not None:
                 allowed &= distance < self.window
             bias = torch.zeros(distance.shape, dtype=dtype, device=distance.device).masked_fill(~allowed, float("-inf"))
@@ -77,6 +93,14 @@ class AttentionMask:
                 bias = bias - (self.slopes[:, None, None] * distance.unsqueeze(-3)).to(dtype)
             self.built[(n_keys, dtype)] = bias if bias.dim() == 4 else bias.unsqueeze(0)
         return self.built[(n_keys, dtype)]
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(batch, seq): each token's position inside its packed example (0 where an example starts)."""
+    index = torch.arange(segment_ids.shape[-1], device=segment_ids.device).expand_as(segment_ids)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return index - torch.where(starts, index, 0).cummax(-1).values
 
 
 class Attention(nn.Module):
@@ -99,6 +123,10 @@ class Attention(nn.Module):
         v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if hasattr(cache, "attend"):
+            # A paged cache attends over its own blocks (see kv_cache.py): its sequences share one row.
+            y = cache.attend(self.layer_idx, q, k, v)
+            return self.wo(y.transpose(1, 2).reshape(batch, seq, -1)), None
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, positions)
         bias = mask(k.shape[-2], q.dtype)
@@ -224,23 +252,36 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache=None,
         return_attn: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ):
         """Logits (batch, seq, vocab); with `return_attn`, also each layer's attention probabilities.
 
         `positions` (seq,) or (batch, seq) default to 0..seq-1; a `cache` (see kv_cache.py) keeps
-        the keys and values of earlier positions.
+        the keys and values of earlier positions. `segment_ids` (batch, seq) mark packed examples
+        (equal ids, one contiguous run each): attention stays inside an example and positions
+        restart at 0 in each, so a packed row computes what its examples would alone.
         """
-        h, attns = self.hidden_states(input_ids, positions, cache, return_attn)
+        h, attns = self.hidden_states(input_ids, positions, cache, return_attn, segment_ids)
         logits = self.output(h)
         return (logits, attns) if return_attn else logits
 
     def hidden_states(
-        self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache=None, return_attn: bool = False
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache=None,
+        return_attn: bool = False,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """The final hidden states (batch, seq, d_model) before the output head, and attentions."""
         config = self.config
         fresh = positions is None
-        if fresh:
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed examples) cannot be combined with a KV cache")
+            if fresh:
+                positions = segment_positions(segment_ids)
+        elif fresh:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.tok_embeddings(input_ids)
         if config.scale_embeddings:
@@ -257,8 +298,11 @@ class Transformer(nn.Module):
             cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale, x.dtype)
             rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))  # broadcast over heads
         slopes = self.alibi_slopes if config.position == "alibi" else None
-        plain = fresh and cache is None and slopes is None and config.sliding_window is None and not return_attn
-        mask = AttentionMask(positions, config.sliding_window, slopes, plain)
+        plain = (
+            fresh and cache is None and slopes is None and config.sliding_window is None
+            and not return_attn and segment_ids is None
+        )
+        mask = AttentionMask(positions, config.sliding_window, slopes, plain, segment_ids)
         attns = []
         for layer in self.layers:
             x, probs = layer(x, rope, mask, cache, positions, return_attn)

@@ -15,8 +15,8 @@ else. A block held by more than one sequence is copied before one of them writes
 (copy-on-write: the sequences forked for `n` samples share the prompt's last, partly filled
 block).
 
-Block 0 is never handed out: padding tokens of a batch write there and padded block tables
-point there, so they never touch anyone's keys.
+Block 0 is never handed out: the runner pads the block tables of a group of sequences with it,
+so padding never reads anyone's keys.
 """
 
 from __future__ import annotations

@@ -1,0 +1,194 @@
+"""Direct preference optimisation (Rafailov et al., 2023): the policy learns from preference
+pairs directly, its implicit reward being β times its log-ratio to a frozen reference,
+
+    r(x, y) = β (log π(y|x) − log π_ref(y|x))
+    sigmoid:  loss = −log σ(r(x, y_chosen) − r(x, y_rejected))
+    IPO:      loss = (h/len − 1/(2β))²,  h the log-ratio difference, per answer token
+              (Azar et al., 2023; normalised by answer length as TRL does)
+
+The reference is the SFT model itself, kept frozen, or its log-probabilities computed once
+before training so that it need not stay in memory (`precompute_ref`). Logged: the implicit
+rewards of chosen and rejected answers, their margin, and the preference accuracy — the share
+of pairs whose chosen answer gains more log-probability over the reference than the rejected.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from tokenmill.align.data import Preference
+from tokenmill.align.logprobs import token_logprobs
+from tokenmill.align.packing import Batch, encode_preferences, pair_batches
+from tokenmill.align.train import TrainConfig, amp, optimize, resolve_device, write_charts
+from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.errors import TokenmillError
+from tokenmill.model.io import copy_tokenizer, load_model, save_model
+from tokenmill.model.transformer import Transformer
+from tokenmill.tokenizer import Tokenizer
+
+
+class DpoConfig(TrainConfig):
+    """DPO (`tokenmill dpo`); defaults sized for the quickstart model."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs.")
+    batch_size: int = Field(16, gt=0, description="Preference pairs per optimizer step.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (DPO wants a small one).")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (IPO: its τ).")
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: identity preference optimisation.")
+    precompute_ref: bool = Field(
+        False, description="Compute the reference log-probabilities once before training instead of keeping a frozen copy."
+    )
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per-pair losses, chosen rewards, rejected rewards) from summed answer log-probs; IPO also
+    needs the answer lengths in tokens."""
+    chosen_ratio = chosen_logps - ref_chosen_logps
+    rejected_ratio = rejected_logps - ref_rejected_logps
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    elif loss_type == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError("the IPO loss needs the answer lengths (chosen_tokens, rejected_tokens)")
+        h = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        losses = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss {loss_type!r}; use sigmoid or ipo")
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def pair_logps(model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs of the chosen rows and of the rejected rows of a pair batch."""
+    return token_logprobs(model, batch.input_ids, batch.loss_mask).sum(-1).chunk(2)
+
+
+def answer_tokens(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch.loss_mask[:, 1:].sum(-1).chunk(2)
+
+
+class DpoObjective:
+    """The DPO loss of a pair batch against a frozen reference model or stored reference log-probs."""
+
+    def __init__(
+        self,
+        policy: Transformer,
+        config: DpoConfig,
+        batches: list[Batch],
+        device: torch.device,
+        reference: Transformer | None = None,
+    ) -> None:
+        """`reference` defaults to a frozen copy of the policy as it is now (the SFT model)."""
+        self.policy, self.config, self.device = policy, config, device
+        reference = reference if reference is not None else copy.deepcopy(policy)
+        self.reference: Transformer | None = reference.eval().requires_grad_(False)
+        self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if config.precompute_ref:
+            with torch.no_grad(), amp(device):
+                self.stored = {id(b): pair_logps(self.reference, b.to(device)) for b in batches}
+            self.reference = None  # the memory of a second model is what precomputing saves
+
+    def ref_logps(self, key: Batch, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reference is None:
+            if id(key) not in self.stored:
+                raise TokenmillError("reference log-probs were precomputed for other batches")
+            return self.stored[id(key)]
+        with torch.no_grad():
+            return pair_logps(self.reference, batch)
+
+    def __call__(self, key: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = key.to(self.device)
+        chosen, rejected = pair_logps(self.policy, batch)
+        ref_chosen, ref_rejected = self.ref_logps(key, batch)
+        n_chosen, n_rejected = answer_tokens(batch)
+        losses, r_chosen, r_rejected = dpo_loss(
+            chosen, rejected, ref_chosen, ref_rejected, self.config.beta, self.config.loss, n_chosen, n_rejected
+        )
+        figures = {
+            "rewards_chosen": r_chosen, "rewards_rejected": r_rejected, "margin": r_chosen - r_rejected,
+            "accuracy": (r_chosen > r_rejected).float(), "logps_chosen": chosen.detach(),
+            "logps_accuracy": (chosen > rejected).float(),
+        }
+        return losses.mean(), figures
+
+
+def held_out_figures(objective: DpoObjective, batches: list[Batch]) -> dict[str, float]:
+    """Held-out loss, implicit reward margin and preference accuracy (chosen log-ratio above rejected)."""
+    losses, parts = [], {}
+    for batch in batches:
+        loss, figures = objective(batch)
+        losses.append(loss.item() * (batch.input_ids.shape[0] // 2))
+        for k, v in figures.items():
+            parts.setdefault(k, []).append(v.float())
+    n = sum(b.input_ids.shape[0] // 2 for b in batches)
+    out = {f"eval_{k}": torch.cat(v).mean().item() for k, v in parts.items()}
+    out["eval_loss"] = sum(losses) / max(n, 1)
+    return out
+
+
+def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: list[Preference], out_dir: Path) -> dict:
+    """Train the model of `sft_dir` with DPO (or IPO) on preference pairs; write the model folder,
+    metrics.jsonl, loss.svg, rewards.svg, accuracy.svg and summary.json into `out_dir`; return
+    the summary (eval_accuracy: held-out preference accuracy)."""
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    tokenizer = Tokenizer.load(sft_dir)
+    policy = load_model(sft_dir, device=device, dtype=torch.float32)
+    seq_len = min(config.seq_len or policy.config.context_length, policy.config.context_length)
+    train_pairs, train_dropped = encode_preferences(tokenizer, train, seq_len)
+    eval_pairs, eval_dropped = encode_preferences(tokenizer, eval, seq_len)
+    if not train_pairs:
+        raise TokenmillError(f"none of the {len(train)} training pairs fits in {seq_len} tokens with an answer left")
+    batches = pair_batches(train_pairs, tokenizer.pad_id, config.batch_size)
+    eval_batches = pair_batches(eval_pairs, tokenizer.pad_id, config.batch_size)
+    objective = DpoObjective(policy, config, batches + eval_batches, device)
+
+    def loss_fn(batch: Batch):
+        loss, figures = objective(batch)
+        return loss, {k: v.float().mean().item() for k, v in figures.items()}
+
+    with atomic_dir(out_dir) as tmp:
+        with torch.no_grad():
+            before = held_out_figures(objective, eval_batches) if eval_batches else {}
+        metrics = optimize(policy, batches, loss_fn, config, lambda: held_out_figures(objective, eval_batches), tmp, "dpo")
+        save_model(policy, tmp)
+        copy_tokenizer(sft_dir, tmp)
+        charts = write_charts(tmp, f"DPO ({config.loss})", metrics, {
+            "loss": ["loss", "eval_loss"],
+            "rewards": ["rewards_chosen", "rewards_rejected", "eval_rewards_chosen", "eval_rewards_rejected"],
+            "accuracy": ["accuracy", "eval_accuracy"],
+        })
+        final = metrics[-1]
+        summary = {
+            "steps": len(metrics),
+            "loss_type": config.loss,
+            "beta": config.beta,
+            "train_pairs": len(train_pairs),
+            "eval_pairs": len(eval_pairs),
+            "dropped_pairs": train_dropped + eval_dropped,
+            "train_loss": final["loss"],
+            # Before training the policy is the reference: every log-ratio is 0. What the SFT
+            # model already prefers shows in its own log-probs.
+            "eval_logps_accuracy_before": before.get("eval_logps_accuracy"),
+            **{k: final[k] for k in final if k.startswith("eval_")},
+            "charts": charts,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        write_json(tmp / "summary.json", summary)
+    return summary

@@ -1,0 +1,143 @@
+"""The optimisation loop SFT, the reward model and DPO share.
+
+Each method supplies its batches and a loss function returning (loss, figures); this loop
+does the rest as pre-training does it — AdamW with decay on matrices only, warmup and cosine
+learning rate (`tokenmill.pretrain.optim`, `.schedule`), clipping by the global gradient
+norm — and logs one `metrics.jsonl` line per step, with the held-out figures every
+`eval_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from tokenmill.atomic import write_text
+from tokenmill.figures import line_chart_svg
+from tokenmill.pretrain.config import PretrainConfig
+from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
+from tokenmill.pretrain.schedule import lr_at
+
+
+class TrainConfig(BaseModel):
+    """What every alignment trainer shares: budget, batch, optimizer and schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set (a fraction stops early).")
+    steps: int | None = Field(None, gt=0, description="Optimizer steps instead of `epochs`.")
+    batch_size: int = Field(16, gt=0, description="Rows (examples, pairs or packed rows) per optimizer step.")
+    seq_len: int | None = Field(None, gt=0, description="Longest sequence; default the model's context_length.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
+    eval_every: int = Field(50, gt=0, description="Held-out figures every N steps (and at the end).")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def optim(self) -> PretrainConfig:
+        """The pre-training optimizer and schedule settings these fields stand for."""
+        return PretrainConfig(
+            lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
+            weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip,
+        )
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        return self.steps or max(1, round(self.epochs * batches_per_epoch))
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def amp(device: torch.device):
+    """bf16 autocast on a GPU that has it; full precision elsewhere."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def schedule(n_batches: int, steps: int, seed: int) -> list[int]:
+    """Batch indices for `steps` steps: whole shuffled epochs, one after another."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while len(order) < steps:
+        epoch = list(range(n_batches))
+        rng.shuffle(epoch)
+        order += epoch
+    return order[:steps]
+
+
+def optimize(
+    model: nn.Module,
+    batches: Sequence,
+    loss_fn: Callable[[object], tuple[torch.Tensor, dict[str, float]]],
+    config: TrainConfig,
+    evaluate: Callable[[], dict[str, float]],
+    out_dir: Path,
+    desc: str,
+) -> list[dict]:
+    """Train `model` (its parameters that require grad) on `batches`; return the metrics, also
+    written to out_dir/metrics.jsonl as they come."""
+    device = next(model.parameters()).device
+    optim = config.optim()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    optimizer = build_optimizer(named, decayed_names(model, decay_embeddings=False), optim, device)
+    order = schedule(len(batches), config.total_steps(len(batches)), config.seed)
+    metrics: list[dict] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")
+    start = time.perf_counter()
+    model.train()
+    try:
+        for step, index in enumerate(tqdm(order, desc=desc, unit="step", leave=False), 1):
+            lr = lr_at(step - 1, optim, len(order))
+            set_lr(optimizer, lr)
+            with amp(device):
+                loss, figures = loss_fn(batches[index])
+            loss.backward()
+            norm = float(grad_norm_squared(params).sqrt())
+            if config.grad_clip is not None:
+                clip_grads(params, config.grad_clip, norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **figures}
+            if step % config.eval_every == 0 or step == len(order):
+                model.eval()
+                with torch.no_grad(), amp(device):
+                    record.update(evaluate())
+                model.train()
+            record["elapsed_s"] = round(time.perf_counter() - start, 3)
+            metrics.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+    finally:
+        log.close()
+        model.eval()
+    return metrics
+
+
+def write_charts(out_dir: Path, title: str, metrics: list[dict], charts: dict[str, list[str]]) -> list[str]:
+    """One SVG line chart per entry {file stem: [metric keys]}, against the step."""
+    written = []
+    for stem, keys in charts.items():
+        series = [(k, [(m["step"], m[k]) for m in metrics if k in m]) for k in keys]
+        series = [s for s in series if s[1]]
+        if series:
+            write_text(out_dir / f"{stem}.svg", line_chart_svg(f"{title}: {stem.replace('_', ' ')}", series, "step"))
+            written.append(f"{stem}.svg")
+    return written
