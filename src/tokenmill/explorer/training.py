@@ -105,7 +105,9 @@ def align_panel(run_dir: Path) -> list[dict]:
     sections = [stage_facts(run_dir, "06_align")]
     summary = read_json(root / "summary.json", {}) or {}
     if summary:
-        sections.append(facts("alignment, in brief", list(summary.items())))
+        brief = [(k, v) for k, v in summary.items() if not isinstance(v, (dict, list))]
+        brief += [(f"seconds: {k}", v) for k, v in (summary.get("seconds") or {}).items()]
+        sections.append(facts("alignment, in brief", brief))
     for method in (*ALIGN_METHODS, "cai"):
         folder = root / method
         if not folder.is_dir():
