@@ -25,7 +25,6 @@ EMAIL = "jane.doe@corp-mail.net"
 MARKUP = '<img src="x" onerror="window.pwned = 1"><script>window.pwned = 2</script>'
 
 
-
 def prose(rng: random.Random, sentences: int) -> str:
     return " ".join(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}." for _ in range(sentences))
 
@@ -50,12 +49,16 @@ def planted_corpus(path: Path) -> dict[str, str]:
 def tiny_settings(run_dir: Path, corpus: Path) -> list[str]:
     return [
         f"run_dir={run_dir}",
-        f"data.sources=[{{kind: local, max_bytes: 250000}}, {{kind: jsonl, paths: ['{corpus}'], domain: reference}}]",
+        f"data.sources=[{{kind: local, max_bytes: 600000}}, {{kind: jsonl, paths: ['{corpus}'], domain: reference}}]",
         "curate.executor.workers=1", "tokenizer.vocab_size=512",
         "model.context_length=64", "pretrain.steps=6", "pretrain.batch_tokens=256", "pretrain.micro_batch=4",
         "pretrain.warmup_steps=2", "pretrain.eval_every=3", "pretrain.eval_batches=2", "pretrain.checkpoint_every=3",
         "pretrain.golden_every=6", "quantize.eval=true", "quantize.eval_batches=1", "quantize.eval_batch_size=2",
         "quantize.decode_tokens=4", "quantize.calib_samples=8", "quantize.calib_seq_len=64",
+        "align.builtin.train_items=32", "align.builtin.eval_items=8", "align.sft.steps=3", "align.sft.samples=1",
+        "align.rm.steps=3", "align.dpo.steps=3", "align.ppo.steps=2", "align.ppo.batch_size=4",
+        "align.ppo.minibatch_size=2", "align.ppo.max_new_tokens=8", "align.ppo.eval_prompts=4",
+        "align.cai.max_prompts=2", "align.cai.answer_tokens=8", "align.cai.critique_tokens=8",
     ]
 
 

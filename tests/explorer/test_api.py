@@ -40,12 +40,11 @@ def test_blocks_in_pipeline_order_with_status_and_key_figure(client, tiny_run):
     run = client.get("/api/run").json()
     assert [b["number"] for b in run["blocks"]] == [f"0{i}" for i in range(1, 9)]
     status = {b["number"]: b["status"] for b in run["blocks"]}
-    assert status == {"01": "done", "02": "done", "03": "done", "04": "done", "05": "done", "06": "not run",
-                      "07": "done", "08": "done"}
+    assert status == {f"0{i}": "done" for i in range(1, 9)}
     summary = {r["stage"]: r["figure"] for r in json.loads((tiny_run / "summary.json").read_text())}
     assert run["blocks"][3]["figure"] == summary["04_model"]
     assert run["blocks"][2]["figure"] == f"{summary['03_tokenizer']}; {summary['03_encode']}"
-    assert [m["key"] for m in run["models"]] == ["quantized", "pretrained"]
+    assert [m["key"] for m in run["models"]] == ["quantized", "dpo", "ppo", "sft", "pretrained"]
     assert run["engine"]["attached"] is False
 
 
@@ -161,8 +160,22 @@ def test_quantization_table(client, tiny_run):
     assert engine["attached"] is False
 
 
-def test_alignment_not_run_then_drawn_from_its_folder(client, tmp_path):
-    assert [s["text"] for s in sections(client, "06")] == ["not run: 06_align is not in this run folder yet"]
+def test_alignment_of_the_run(client, tiny_run):
+    summary = json.loads((tiny_run / "06_align" / "summary.json").read_text())
+    found = sections(client, "06")
+    brief = dict(titled(found, "alignment, in brief")["items"])
+    assert brief["rm_accuracy"] == f"{summary['rm_accuracy']:.4g}" and "methods" not in brief
+    charts = [s["src"] for s in found if s["type"] == "chart"]
+    assert {"chart/06/sft-loss.svg", "chart/06/rm-accuracy.svg", "chart/06/dpo-accuracy.svg",
+            "chart/06/ppo-reward.svg", "chart/06/ppo-kl.svg"} <= set(charts)
+    for src in charts:
+        svg_root(client, f"/api/{src}")
+
+
+def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    assert [s["text"] for s in sections(TestClient(explorer_app(tmp_path / "run")), "06")] == [
+        "not run: 06_align is not in this run folder yet"]
     # The folder layout stage 06 writes, filled by hand here: the panel must chart what it holds.
     root = tmp_path / "run" / "06_align"
     logs = {"sft": [{"step": s, "loss": 3 - s / 10} for s in range(5)],
