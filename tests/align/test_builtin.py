@@ -14,7 +14,7 @@ from tokenmill.errors import TokenmillError
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 
-from conftest import documents, man_page  # noqa: E402
+from align_corpus import documents, man_page
 
 FILES = ("sft_train", "sft_eval", "pref_train", "pref_eval", "prompts_train", "prompts_eval")
 CONFIG = BuiltinConfig(eval_items=30)

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from explorer_run import EMAIL, MARKUP, planted_corpus
-from tokenmill.explorer import explorer_app, mount_explorer
+from tokenmill.explorer.app import explorer_app, mount_explorer
 from tokenmill.explorer.stages import latest_model
 
 

@@ -33,15 +33,14 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from tokenmill.align.config import CaiConfig
 from tokenmill.align.data import Conversation, Preference, conversation_record, preference_record, write_jsonl
 from tokenmill.align.generate import generate
-from tokenmill.align.openai_client import ChatClient, EndpointConfig, EndpointError
+from tokenmill.align.openai_client import ChatClient, EndpointError
 from tokenmill.align.train import resolve_device
 from tokenmill.atomic import write_json, write_text
 from tokenmill.errors import TokenmillError
@@ -50,22 +49,6 @@ from tokenmill.tokenizer import Tokenizer
 
 DEFAULTS = Path(__file__).parent / "prompts"
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-class CaiConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    endpoint: EndpointConfig | None = Field(None, description="an OpenAI-compatible endpoint; None: the local model folder")
-    constitution: Path | None = Field(None, description="principles, one a line; None: the shipped default")
-    critique_prompt: Path | None = Field(None, description="the critique request; None: the shipped default")
-    revision_prompt: Path | None = Field(None, description="the revision request; None: the shipped default")
-    max_prompts: int = Field(32, ge=1, description="prompts taken from the prompt set")
-    answer_tokens: int = Field(40, ge=1, description="most new tokens of an answer, and of a revision")
-    critique_tokens: int = Field(32, ge=1, description="most new tokens of a critique")
-    temperature: float = Field(0.7, ge=0)
-    batch_size: int = Field(32, ge=1, description="conversations decoded together by the local model")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the local model runs")
 
 
 class Constitution:

@@ -1,17 +1,126 @@
-"""The `align` section of a run config: the data of stage 06 and one sub-section per method."""
+"""The `align` section of a run config: the data of stage 06 and one sub-section per method.
+
+Every method's settings live here, apart from its code, so that reading a config does not
+import torch (`tokenmill --help` and `tokenmill data` stay quick).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenmill.align.builtin import BuiltinConfig
-from tokenmill.align.cai import CaiConfig
-from tokenmill.align.dpo import DpoConfig
-from tokenmill.align.ppo import PpoConfig
-from tokenmill.align.reward import RewardConfig
-from tokenmill.align.sft import SftConfig
+from tokenmill.align.openai_client import EndpointConfig
+from tokenmill.pretrain.config import PretrainConfig
+
+
+class TrainConfig(BaseModel):
+    """What every alignment trainer shares: budget, batch, optimizer and schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set (a fraction stops early).")
+    steps: int | None = Field(None, gt=0, description="Optimizer steps instead of `epochs`.")
+    batch_size: int = Field(16, gt=0, description="Rows (examples, pairs or packed rows) per optimizer step.")
+    seq_len: int | None = Field(None, gt=0, description="Longest sequence; default the model's context_length.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(10, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
+    eval_every: int = Field(50, gt=0, description="Held-out figures every N steps (and at the end).")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def optim(self) -> PretrainConfig:
+        """The pre-training optimizer and schedule settings these fields stand for."""
+        return PretrainConfig(
+            lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
+            weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip,
+        )
+
+    def total_steps(self, batches_per_epoch: int) -> int:
+        return self.steps or max(1, round(self.epochs * batches_per_epoch))
+
+
+class SftConfig(TrainConfig):
+    """Supervised fine-tuning (`tokenmill sft`); defaults sized for the quickstart model."""
+
+    epochs: float = Field(2.0, gt=0, description="Passes over the training conversations.")
+    batch_size: int = Field(8, gt=0, description="Rows per optimizer step (packed rows of seq_len tokens).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    packing: bool = Field(True, description="Pack short conversations into full rows (attention kept per conversation).")
+    samples: int = Field(3, ge=0, description="Greedy answers to held-out questions written to summary.json.")
+    sample_tokens: int = Field(48, gt=0, description="Longest sample answer, in tokens.")
+
+
+class RewardConfig(TrainConfig):
+    """Reward model training (`tokenmill rm`); defaults sized for the quickstart model."""
+
+    epochs: float = Field(2.0, gt=0, description="Passes over the training pairs.")
+    batch_size: int = Field(16, gt=0, description="Preference pairs per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    center_rewards: float | None = Field(
+        0.01, ge=0, description="Weight of the mean squared reward added to the loss, keeping rewards near 0 "
+        "(Eisenstein et al., 2023; TRL's center_rewards_coefficient); null: none.",
+    )
+
+
+class DpoConfig(TrainConfig):
+    """DPO (`tokenmill dpo`); defaults sized for the quickstart model."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs.")
+    batch_size: int = Field(16, gt=0, description="Preference pairs per optimizer step.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (DPO wants a small one).")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (IPO: its τ).")
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: identity preference optimisation.")
+    precompute_ref: bool = Field(
+        False, description="Compute the reference log-probabilities once before training instead of keeping a frozen copy."
+    )
+
+
+class PpoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(24, ge=1, description="rollouts, each followed by an update")
+    batch_size: int = Field(16, ge=2, description="prompts (one answer each) per rollout")
+    minibatch_size: int = Field(8, ge=1)
+    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
+    max_new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaled logits")
+    lr: float = Field(2e-4, gt=0, description="AdamW's; high for a large model, right for the quickstart's tiny one")
+    max_grad_norm: float = Field(1.0, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    clip_range: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
+    clip_range_value: float = Field(0.2, gt=0, description="how far a value may move from its rollout value")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    kl_coef: float = Field(0.1, ge=0, description="β, the initial weight of the per-token KL penalty")
+    adaptive_kl: bool = Field(True, description="adapt β towards kl_target (Ziegler et al., 2019)")
+    kl_target: float = Field(6.0, gt=0, description="KL budget, nats per answer: the controller's target")
+    kl_horizon: int = Field(200, ge=1, description="samples over which the controller closes the gap")
+    eval_prompts: int = Field(64, ge=0, description="held-out prompts for the win rate over the SFT model")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CaiConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: EndpointConfig | None = Field(None, description="an OpenAI-compatible endpoint; None: the local model folder")
+    constitution: Path | None = Field(None, description="principles, one a line; None: the shipped default")
+    critique_prompt: Path | None = Field(None, description="the critique request; None: the shipped default")
+    revision_prompt: Path | None = Field(None, description="the revision request; None: the shipped default")
+    max_prompts: int = Field(32, ge=1, description="prompts taken from the prompt set")
+    answer_tokens: int = Field(40, ge=1, description="most new tokens of an answer, and of a revision")
+    critique_tokens: int = Field(32, ge=1, description="most new tokens of a critique")
+    temperature: float = Field(0.7, ge=0)
+    batch_size: int = Field(32, ge=1, description="conversations decoded together by the local model")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the local model runs")
 
 Method = Literal["rm", "dpo", "ppo", "cai"]
 

@@ -17,34 +17,20 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
+from tokenmill.align.config import DpoConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.logprobs import token_logprobs
-from tokenmill.align.packing import Batch, encode_preferences, pair_batches
-from tokenmill.align.train import TrainConfig, amp, optimize, resolve_device, write_charts
+from tokenmill.align.packing import Batch, preference_batches
+from tokenmill.align.train import amp, optimize, resolve_device, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
-
-
-class DpoConfig(TrainConfig):
-    """DPO (`tokenmill dpo`); defaults sized for the quickstart model."""
-
-    epochs: float = Field(1.0, gt=0, description="Passes over the training pairs.")
-    batch_size: int = Field(16, gt=0, description="Preference pairs per optimizer step.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate (DPO wants a small one).")
-    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference (IPO: its τ).")
-    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: identity preference optimisation.")
-    precompute_ref: bool = Field(
-        False, description="Compute the reference log-probabilities once before training instead of keeping a frozen copy."
-    )
 
 
 def dpo_loss(
@@ -151,12 +137,7 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
     tokenizer = Tokenizer.load(sft_dir)
     policy = load_model(sft_dir, device=device, dtype=torch.float32)
     seq_len = min(config.seq_len or policy.config.context_length, policy.config.context_length)
-    train_pairs, train_dropped = encode_preferences(tokenizer, train, seq_len)
-    eval_pairs, eval_dropped = encode_preferences(tokenizer, eval, seq_len)
-    if not train_pairs:
-        raise TokenmillError(f"none of the {len(train)} training pairs fits in {seq_len} tokens with an answer left")
-    batches = pair_batches(train_pairs, tokenizer.pad_id, config.batch_size)
-    eval_batches = pair_batches(eval_pairs, tokenizer.pad_id, config.batch_size)
+    batches, eval_batches, counts = preference_batches(tokenizer, train, eval, seq_len, config.batch_size)
     objective = DpoObjective(policy, config, batches + eval_batches, device)
 
     def loss_fn(batch: Batch):
@@ -179,9 +160,7 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
             "steps": len(metrics),
             "loss_type": config.loss,
             "beta": config.beta,
-            "train_pairs": len(train_pairs),
-            "eval_pairs": len(eval_pairs),
-            "dropped_pairs": train_dropped + eval_dropped,
+            **counts,
             "train_loss": final["loss"],
             # Before training the policy is the reference: every log-ratio is 0. What the SFT
             # model already prefers shows in its own log-probs.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tokenmill.align.data import Preference, encode_pair
+from tokenmill.errors import TokenmillError
 
 Example = tuple[list[int], list[int]]  # token ids, loss mask
 
@@ -152,3 +153,17 @@ def encode_preferences(tokenizer, preferences: Sequence[Preference], seq_len: in
         chosen, rejected = encode_pair(tokenizer, p)
         pairs.append(((chosen.ids, chosen.loss_mask), (rejected.ids, rejected.loss_mask)))
     return truncate_pairs(pairs, seq_len)
+
+
+def preference_batches(
+    tokenizer, train: Sequence[Preference], eval: Sequence[Preference], seq_len: int, pairs_per_batch: int
+) -> tuple[list[Batch], list[Batch], dict[str, int]]:
+    """Training and held-out batches of preference pairs (see pair_batches), and their counts:
+    train_pairs, eval_pairs and dropped_pairs (too long to keep an answer)."""
+    train_pairs, train_dropped = encode_preferences(tokenizer, train, seq_len)
+    eval_pairs, eval_dropped = encode_preferences(tokenizer, eval, seq_len)
+    if not train_pairs:
+        raise TokenmillError(f"none of the {len(train)} training pairs fits in {seq_len} tokens with an answer left")
+    counts = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "dropped_pairs": train_dropped + eval_dropped}
+    return (pair_batches(train_pairs, tokenizer.pad_id, pairs_per_batch),
+            pair_batches(eval_pairs, tokenizer.pad_id, pairs_per_batch), counts)

@@ -29,13 +29,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from tokenmill.align.config import PpoConfig
 from tokenmill.align.data import write_jsonl
 from tokenmill.align.gae import gae, kl_penalised_rewards, masked_mean, whiten
 from tokenmill.align.generate import Generation, encode_prompts, generate
@@ -49,31 +48,6 @@ from tokenmill.figures import line_chart_svg
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
-
-
-class PpoConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(24, ge=1, description="rollouts, each followed by an update")
-    batch_size: int = Field(16, ge=2, description="prompts (one answer each) per rollout")
-    minibatch_size: int = Field(8, ge=1)
-    ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
-    max_new_tokens: int = Field(40, ge=1)
-    temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaled logits")
-    lr: float = Field(2e-4, gt=0, description="AdamW's; high for a large model, right for the quickstart's tiny one")
-    max_grad_norm: float = Field(1.0, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
-    clip_range: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
-    clip_range_value: float = Field(0.2, gt=0, description="how far a value may move from its rollout value")
-    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
-    kl_coef: float = Field(0.1, ge=0, description="β, the initial weight of the per-token KL penalty")
-    adaptive_kl: bool = Field(True, description="adapt β towards kl_target (Ziegler et al., 2019)")
-    kl_target: float = Field(6.0, gt=0, description="KL budget, nats per answer: the controller's target")
-    kl_horizon: int = Field(200, ge=1, description="samples over which the controller closes the gap")
-    eval_prompts: int = Field(64, ge=0, description="held-out prompts for the win rate over the SFT model")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class KLController:

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
 from safetensors.torch import load_file
 
+from tokenmill.align.config import RewardConfig
 from tokenmill.align.data import Preference
-from tokenmill.align.packing import Batch, encode_preferences, pair_batches
-from tokenmill.align.train import TrainConfig, optimize, resolve_device, write_charts
+from tokenmill.align.packing import Batch, preference_batches
+from tokenmill.align.train import optimize, resolve_device, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, default_device, load_model, save_model, write_weights
@@ -91,18 +91,6 @@ def load_reward_model(folder: Path, device: torch.device | str | None = None) ->
 # --- training --------------------------------------------------------------------------------
 
 
-class RewardConfig(TrainConfig):
-    """Reward model training (`tokenmill rm`); defaults sized for the quickstart model."""
-
-    epochs: float = Field(2.0, gt=0, description="Passes over the training pairs.")
-    batch_size: int = Field(16, gt=0, description="Preference pairs per optimizer step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    center_rewards: float | None = Field(
-        0.01, ge=0, description="Weight of the mean squared reward added to the loss, keeping rewards near 0 "
-        "(Eisenstein et al., 2023; TRL's center_rewards_coefficient); null: none.",
-    )
-
-
 def reward_loss(
     model: RewardModel, batch: Batch, center_rewards: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -147,12 +135,7 @@ def train_reward_model(
     tokenizer = Tokenizer.load(sft_dir)
     model = RewardModel(load_model(sft_dir, device=device, dtype=torch.float32))
     seq_len = min(config.seq_len or model.backbone.config.context_length, model.backbone.config.context_length)
-    train_pairs, train_dropped = encode_preferences(tokenizer, train, seq_len)
-    eval_pairs, eval_dropped = encode_preferences(tokenizer, eval, seq_len)
-    if not train_pairs:
-        raise TokenmillError(f"none of the {len(train)} training pairs fits in {seq_len} tokens with an answer left")
-    batches = pair_batches(train_pairs, tokenizer.pad_id, config.batch_size)
-    eval_batches = pair_batches(eval_pairs, tokenizer.pad_id, config.batch_size)
+    batches, eval_batches, counts = preference_batches(tokenizer, train, eval, seq_len, config.batch_size)
 
     def loss_fn(batch: Batch):
         loss, chosen, rejected = reward_loss(model, batch.to(device), config.center_rewards)
@@ -170,9 +153,7 @@ def train_reward_model(
         final = metrics[-1]
         summary = {
             "steps": len(metrics),
-            "train_pairs": len(train_pairs),
-            "eval_pairs": len(eval_pairs),
-            "dropped_pairs": train_dropped + eval_dropped,
+            **counts,
             "train_loss": final["loss"],
             "eval_accuracy_before": before.get("eval_accuracy"),
             **{k: final[k] for k in final if k.startswith("eval_")},

@@ -15,28 +15,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
+from tokenmill.align.config import SftConfig
 from tokenmill.align.data import Conversation
 from tokenmill.align.logprobs import labelled_logits
 from tokenmill.align.packing import Batch, Example, make_batches, truncate
-from tokenmill.align.train import TrainConfig, amp, optimize, resolve_device, write_charts
+from tokenmill.align.train import amp, optimize, resolve_device, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.pretrain.sample import generate
 from tokenmill.tokenizer import Tokenizer
-
-
-class SftConfig(TrainConfig):
-    """Supervised fine-tuning (`tokenmill sft`); defaults sized for the quickstart model."""
-
-    epochs: float = Field(2.0, gt=0, description="Passes over the training conversations.")
-    batch_size: int = Field(8, gt=0, description="Rows per optimizer step (packed rows of seq_len tokens).")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    packing: bool = Field(True, description="Pack short conversations into full rows (attention kept per conversation).")
-    samples: int = Field(3, ge=0, description="Greedy answers to held-out questions written to summary.json.")
-    sample_tokens: int = Field(48, gt=0, description="Longest sample answer, in tokens.")
 
 
 def sft_loss(model: Transformer, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

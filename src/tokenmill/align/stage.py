@@ -44,13 +44,13 @@ def prepare_data(config: AlignConfig, shard_dirs: list[Path], data_dir: Path) ->
     return stats
 
 
-def win_rates(config: AlignConfig, out_dir: Path, prompts: list[list[dict]]) -> dict:
-    """How often the reward model scores each aligned policy's answer above SFT's on the same held-out
-    prompt (ties half); every policy samples the same prompts with the same settings and seed."""
+def dpo_win_rate(config: AlignConfig, out_dir: Path, prompts: list[list[dict]]) -> dict:
+    """How often the reward model scores DPO's answer above SFT's on the same held-out prompt (ties
+    half), sampled exactly as train_ppo samples its own win rate: the same prompts, settings and seed."""
     device = resolve_device(config.ppo.device)
     tokenizer = Tokenizer.load(out_dir / "sft")
     reward_model = load_reward_model(out_dir / "rm", device=device)
-    settings = config.ppo  # PPO's sampling settings, so that its win rate here equals its own
+    settings = config.ppo
     room = reward_model.backbone.config.context_length - settings.max_new_tokens
     ids = encode_prompts(tokenizer, prompts, room)[0][: settings.eval_prompts]
 
@@ -59,14 +59,9 @@ def win_rates(config: AlignConfig, out_dir: Path, prompts: list[list[dict]]) -> 
         return sample_and_score(model, reward_model, tokenizer, ids, settings.max_new_tokens,
                                 settings.temperature, seed=settings.seed)
 
-    sft = score("sft")
-    figures = {"win_rate_prompts": len(ids), "sft_mean_reward": float(sft.scores.mean())}
-    for name in ("dpo", "ppo"):
-        if name in config.methods:
-            scored = score(name)
-            figures[f"{name}_win_rate"] = win_rate(scored.scores, sft.scores)
-            figures[f"{name}_mean_reward"] = float(scored.scores.mean())
-    return figures
+    sft, dpo = score("sft"), score("dpo")
+    return {"win_rate_prompts": len(ids), "sft_mean_reward": float(sft.scores.mean()),
+            "dpo_win_rate": win_rate(dpo.scores, sft.scores), "dpo_mean_reward": float(dpo.scores.mean())}
 
 
 def align_stage(config: AlignConfig, pretrained_dir: Path, shard_dirs: list[Path], out_dir: Path) -> dict:
@@ -111,7 +106,13 @@ def align_stage(config: AlignConfig, pretrained_dir: Path, shard_dirs: list[Path
         # The model that goes on to deployment critiques and revises its own answers.
         summaries["cai"] = timed("cai", run_cai, config.cai, out_dir / config.deploy, prompts("prompts_eval"),
                                  out_dir / "cai")
-    wins = timed("win rates", win_rates, config, out_dir, prompts("prompts_eval")) if "rm" in config.methods else {}
+    wins = {}
+    if "ppo" in config.methods and "win_rate_vs_sft" in summaries["ppo"]:  # PPO measures it as it ends
+        ppo = summaries["ppo"]
+        wins.update({"win_rate_prompts": ppo["prompts_eval"], "sft_mean_reward": ppo["eval_reward_sft"],
+                     "ppo_win_rate": ppo["win_rate_vs_sft"], "ppo_mean_reward": ppo["eval_reward_ppo"]})
+    if {"rm", "dpo"} <= set(config.methods):
+        wins.update(timed("dpo win rate", dpo_win_rate, config, out_dir, prompts("prompts_eval")))
 
     metrics = {
         "deploy": config.deploy,

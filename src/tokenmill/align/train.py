@@ -14,48 +14,16 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from tokenmill.align.config import TrainConfig
 from tokenmill.atomic import write_text
 from tokenmill.figures import line_chart_svg
-from tokenmill.pretrain.config import PretrainConfig
 from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
 from tokenmill.pretrain.schedule import lr_at
-
-
-class TrainConfig(BaseModel):
-    """What every alignment trainer shares: budget, batch, optimizer and schedule."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: float = Field(1.0, gt=0, description="Passes over the training set (a fraction stops early).")
-    steps: int | None = Field(None, gt=0, description="Optimizer steps instead of `epochs`.")
-    batch_size: int = Field(16, gt=0, description="Rows (examples, pairs or packed rows) per optimizer step.")
-    seq_len: int | None = Field(None, gt=0, description="Longest sequence; default the model's context_length.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(10, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
-    eval_every: int = Field(50, gt=0, description="Held-out figures every N steps (and at the end).")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def optim(self) -> PretrainConfig:
-        """The pre-training optimizer and schedule settings these fields stand for."""
-        return PretrainConfig(
-            lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip,
-        )
-
-    def total_steps(self, batches_per_epoch: int) -> int:
-        return self.steps or max(1, round(self.epochs * batches_per_epoch))
 
 
 def resolve_device(choice: str) -> torch.device:

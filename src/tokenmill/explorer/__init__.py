@@ -1,5 +1,5 @@
-"""The explorer: a web page over a run folder, the pipeline as blocks and each block's own artifacts."""
+"""The explorer: a web page over a run folder, the pipeline as blocks and each block's own artifacts.
 
-from tokenmill.explorer.app import explorer_app, mount_explorer
-
-__all__ = ["explorer_app", "mount_explorer"]
+The app is in `tokenmill.explorer.app` (`explorer_app`, `mount_explorer`); importing the package
+imports nothing else, so that the CLI starts without the model code.
+"""

@@ -70,7 +70,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.max_n)
     app = create_app(engine, args.served_model_name or model_dir.resolve().name, args.api_key, limits)
     if args.run_dir:
-        from tokenmill.explorer import mount_explorer
+        from tokenmill.explorer.app import mount_explorer
 
         mount_explorer(app, Path(args.run_dir), path="/explorer")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
