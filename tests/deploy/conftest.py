@@ -17,9 +17,10 @@ from tokenmill.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
 from serve_helpers import EXTRA, tiny_model
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One intra-op thread: these models are tiny, and on shared cores more threads only wait for each other."""
+    """One intra-op thread for each module (its module-scoped fixtures too): these models are tiny,
+    and on shared cores more threads only wait for each other."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -13,14 +13,6 @@ from tokenmill.deploy.quant.rtn import Scheme, fake_quantize, rtn
 from tokenmill.model import build_model, load_preset, tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # Pre-norm with SwiGLU and GQA, LayerNorm with biases and GELU, one shared norm and MQA (Falcon),
 # post-norm with ReLU, RMSNorm with a unit offset (Gemma).
 FAMILIES = {

@@ -13,14 +13,6 @@ from tokenmill.deploy.quant.rtn import Scheme, dequantize_matrix, rtn
 from tokenmill.model import build_model, load_preset, tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def correlated_inputs(seed: int, n: int = 1024, d: int = 256) -> torch.Tensor:
     """Inputs whose channels are mixed by a matrix with singular values from 1 to 0.01, a few of them large."""
     g = torch.Generator().manual_seed(seed)

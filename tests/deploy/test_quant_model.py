@@ -29,14 +29,6 @@ from tokenmill.tokenizer.tokens import TokenShardWriter
 WORDS = ["<|pad|>", "<|bos|>", "<|eos|>"] + [f"w{i}" for i in range(60)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny LLaMA-style model (GQA, SwiGLU) with a word-level tokenizer.json."""

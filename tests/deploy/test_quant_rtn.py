@@ -15,14 +15,6 @@ SCHEMES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("shape", [(5, 7), (3, 8), (1, 1), (16, 129)])
 def test_pack_unpack_round_trips_exactly(shape):
     codes = torch.randint(0, 16, shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
