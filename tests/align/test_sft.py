@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenmill.align.data import Conversation
-from tokenmill.align.packing import make_batches, pack_rows, pad_batch
+from tokenmill.align.packing import make_batches, pack_rows, pad_batch, pair_batches
 from tokenmill.align.sft import SftConfig, encode_conversations, sft_loss, train_sft
 from tokenmill.model.io import load_model
 
@@ -97,6 +97,27 @@ def test_first_fit_decreasing_packs_every_example_once_within_the_row():
     assert sorted(i for row in rows for i in row) == list(range(len(examples)))
     assert all(sum(len(examples[i][0]) for i in row) <= 100 for row in rows)
     assert len(rows) == 3  # 300 tokens in rows of 100: no room wasted here
+
+
+def test_pair_batches_group_pairs_by_length_and_keep_each_pair_together():
+    # Pair k: a chosen answer of length 5 + (7k mod 41) tokens and a rejected one 3 longer, all ids k.
+    pairs = [(([k] * (5 + 7 * k % 41), [1] * (5 + 7 * k % 41)), ([k] * (8 + 7 * k % 41), [1] * (8 + 7 * k % 41)))
+             for k in range(1, 61)]
+
+    def padding(batches):
+        return sum(int((b.attention_mask == 0).sum()) for b in batches) / sum(b.input_ids.numel() for b in batches)
+
+    grouped, plain = pair_batches(pairs, 0, 4, length_window=5), pair_batches(pairs, 0, 4, length_window=1)
+    for batches in (grouped, plain):
+        rows = [b.input_ids[r] for b in batches for r in range(len(b.input_ids))]
+        assert sorted(int(r[0]) for r in rows) == sorted(2 * list(range(1, 61)))  # every answer once
+        for b in batches:  # chosen row i and rejected row n + i are the same pair
+            n = len(b.input_ids) // 2
+            assert torch.equal(b.input_ids[:n, 0], b.input_ids[n:, 0])
+    # The first window (pairs 1-20) is cut by length: its first batch holds its 4 longest pairs.
+    assert sorted(int(i) for i in grouped[0].input_ids[:4, 0]) == sorted(sorted(range(1, 21), key=lambda k: -(7 * k % 41))[:4])
+    assert sorted(int(i) for i in plain[0].input_ids[:4, 0]) == [1, 2, 3, 4]  # length_window=1: the given batches
+    assert padding(grouped) < padding(plain) / 2
 
 
 @pytest.mark.parametrize("packing", [True, False])

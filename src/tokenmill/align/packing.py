@@ -136,11 +136,31 @@ def truncate_pairs(pairs: Sequence[tuple[Example, Example]], seq_len: int) -> tu
     return kept, dropped
 
 
-def pair_batches(pairs: Sequence[tuple[Example, Example]], pad_id: int, pairs_per_batch: int) -> list[Batch]:
-    """Batches of 2n right-padded rows: the n chosen sequences, then their n rejected ones (TRL's layout)."""
+# Batches per length-sorted window of pair_batches, as transformers' LengthGroupedSampler. On the
+# built-in preference set: padding 10% (windows of 10: 14%, none: 37%); held-out reward-model
+# accuracy 0.92, 0.89, 0.965 at seeds 0, 1, 2 (windows of 10: 0.95, 0.92, 0.94; none: 0.955,
+# 0.935, 0.94), within the spread a seed alone makes.
+LENGTH_WINDOW = 50
+
+
+def pair_batches(
+    pairs: Sequence[tuple[Example, Example]], pad_id: int, pairs_per_batch: int, length_window: int = LENGTH_WINDOW
+) -> list[Batch]:
+    """Batches of 2n right-padded rows: the n chosen sequences, then their n rejected ones (TRL's layout).
+
+    Every batch pads to its longest row, so the pairs are grouped by length: within each window
+    of `length_window` batches' worth of pairs, taken in the given order, the pairs are sorted by
+    their longer answer before being cut into batches (as transformers' `group_by_length`). A
+    batch still draws from all over its window; on the built-in preference set this cuts the
+    padding from 37% of the tokens to 10%. With `length_window=1` each batch holds the pairs it
+    would in the given order."""
+    window = pairs_per_batch * length_window
+    ordered = []
+    for i in range(0, len(pairs), window):
+        ordered += sorted(pairs[i : i + window], key=lambda p: -max(len(p[0][0]), len(p[1][0])))
     batches = []
-    for i in range(0, len(pairs), pairs_per_batch):
-        group = pairs[i : i + pairs_per_batch]
+    for i in range(0, len(ordered), pairs_per_batch):
+        group = ordered[i : i + pairs_per_batch]
         batches.append(pad_batch([c for c, _ in group] + [r for _, r in group], pad_id))
     return batches
 
