@@ -67,6 +67,11 @@ class RewardConfig(TrainConfig):
         0.01, ge=0, description="Weight of the mean squared reward added to the loss, keeping rewards near 0 "
         "(Eisenstein et al., 2023; TRL's center_rewards_coefficient); null: none.",
     )
+    group_by_length: bool = Field(
+        False, description="Batch pairs of similar length (less padding, a third less time on the built-in set). "
+        "Off for the reward model: on the built-in set, PPO against one trained so shortened its answers from 21 to "
+        "8 tokens without its reward rising, where against one trained on pairs in file order its reward rose.",
+    )
 
 
 class DpoConfig(TrainConfig):
@@ -79,6 +84,10 @@ class DpoConfig(TrainConfig):
     loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: identity preference optimisation.")
     precompute_ref: bool = Field(
         False, description="Compute the reference log-probabilities once before training instead of keeping a frozen copy."
+    )
+    group_by_length: bool = Field(
+        True, description="Batch pairs of similar length: sorted by length within windows of 50 batches, as "
+        "transformers' group_by_length (less padding: 37% of the tokens to 10% on the built-in set).",
     )
 
 

@@ -137,7 +137,9 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
     tokenizer = Tokenizer.load(sft_dir)
     policy = load_model(sft_dir, device=device, dtype=torch.float32)
     seq_len = min(config.seq_len or policy.config.context_length, policy.config.context_length)
-    batches, eval_batches, counts = preference_batches(tokenizer, train, eval, seq_len, config.batch_size)
+    batches, eval_batches, counts = preference_batches(
+        tokenizer, train, eval, seq_len, config.batch_size, config.group_by_length
+    )
     objective = DpoObjective(policy, config, batches + eval_batches, device)
 
     def loss_fn(batch: Batch):

@@ -135,7 +135,9 @@ def train_reward_model(
     tokenizer = Tokenizer.load(sft_dir)
     model = RewardModel(load_model(sft_dir, device=device, dtype=torch.float32))
     seq_len = min(config.seq_len or model.backbone.config.context_length, model.backbone.config.context_length)
-    batches, eval_batches, counts = preference_batches(tokenizer, train, eval, seq_len, config.batch_size)
+    batches, eval_batches, counts = preference_batches(
+        tokenizer, train, eval, seq_len, config.batch_size, config.group_by_length
+    )
 
     def loss_fn(batch: Batch):
         loss, chosen, rejected = reward_loss(model, batch.to(device), config.center_rewards)
