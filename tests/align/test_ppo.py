@@ -189,6 +189,8 @@ def test_train_ppo_writes_a_model_metrics_figures_and_a_summary(tiny_tokenizer, 
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["prompts_eval"] == 4 and summary["prompts_train"] == 20
     assert 0 <= summary["win_rate_vs_sft"] <= 1
+    assert summary["kl_mean"] == pytest.approx(sum(m["kl"] for m in metrics) / 2)
+    assert summary["kl_mean_within_target"] == (summary["kl_mean"] <= config.kl_target)
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
     for name in summary["figures"]:
         assert (out / name).read_text().startswith("<svg")
