@@ -41,10 +41,10 @@ from tokenmill.align.config import CaiConfig
 from tokenmill.align.data import Conversation, Preference, conversation_record, preference_record, write_jsonl
 from tokenmill.align.generate import generate
 from tokenmill.align.openai_client import ChatClient, EndpointError
-from tokenmill.align.train import resolve_device
 from tokenmill.atomic import write_json, write_text
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import load_model
+from tokenmill.pretrain.distributed import pick_device
 from tokenmill.tokenizer import Tokenizer
 
 DEFAULTS = Path(__file__).parent / "prompts"
@@ -94,7 +94,7 @@ class LocalModel:
 
     def __init__(self, model_dir: Path, config: CaiConfig) -> None:
         self.tokenizer = Tokenizer.load(model_dir)
-        self.model = load_model(model_dir, device=resolve_device(config.device))
+        self.model = load_model(model_dir, device=pick_device(config.device))
         self.config = config
         self.generator = torch.Generator(device=next(self.model.parameters()).device).manual_seed(config.seed)
         self.name = str(model_dir)

@@ -25,12 +25,11 @@ from tokenmill.align.config import DpoConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.logprobs import token_logprobs
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import amp, optimize, resolve_device, write_charts
+from tokenmill.align.train import amp, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
-from tokenmill.model.io import copy_tokenizer, load_model, save_model
+from tokenmill.model.io import copy_tokenizer, save_model
 from tokenmill.model.transformer import Transformer
-from tokenmill.tokenizer import Tokenizer
 
 
 def dpo_loss(
@@ -132,11 +131,7 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
     metrics.jsonl, loss.svg, rewards.svg, accuracy.svg and summary.json into `out_dir`; return
     the summary (eval_accuracy: held-out preference accuracy)."""
     start = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    tokenizer = Tokenizer.load(sft_dir)
-    policy = load_model(sft_dir, device=device, dtype=torch.float32)
-    seq_len = min(config.seq_len or policy.config.context_length, policy.config.context_length)
+    device, tokenizer, policy, seq_len = load_for_training(config, sft_dir)
     batches, eval_batches, counts = preference_batches(
         tokenizer, train, eval, seq_len, config.batch_size, config.group_by_length
     )

@@ -40,13 +40,13 @@ from tokenmill.align.gae import gae, kl_penalised_rewards, masked_mean, whiten
 from tokenmill.align.generate import Generation, encode_prompts, generate
 from tokenmill.align.logprobs import gather_logprobs
 from tokenmill.align.reward import load_reward_model
-from tokenmill.align.train import resolve_device
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json, write_text
 from tokenmill.errors import TokenmillError
 from tokenmill.figures import line_chart_svg
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.distributed import pick_device
 from tokenmill.tokenizer import Tokenizer
 
 
@@ -242,7 +242,7 @@ def train_ppo(
     Writes the policy into out_dir (a model folder) and returns the summary."""
     started = time.perf_counter()
     sft_dir, rm_dir, out_dir = Path(sft_dir), Path(rm_dir), Path(out_dir)
-    device = resolve_device(config.device)
+    device = pick_device(config.device)
     torch.manual_seed(config.seed)
     tokenizer = Tokenizer.load(sft_dir)
     if Tokenizer.load(rm_dir).hash != tokenizer.hash:

@@ -23,12 +23,11 @@ from safetensors.torch import load_file
 from tokenmill.align.config import RewardConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import optimize, resolve_device, write_charts
+from tokenmill.align.train import load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, default_device, load_model, save_model, write_weights
 from tokenmill.model.transformer import Transformer
-from tokenmill.tokenizer import Tokenizer
 
 HEAD = "reward_head.safetensors"
 
@@ -130,11 +129,8 @@ def train_reward_model(
     the reward model folder, metrics.jsonl, loss.svg, accuracy.svg and summary.json into
     `out_dir`; return the summary (eval_accuracy: held-out pairwise accuracy)."""
     start = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    tokenizer = Tokenizer.load(sft_dir)
-    model = RewardModel(load_model(sft_dir, device=device, dtype=torch.float32))
-    seq_len = min(config.seq_len or model.backbone.config.context_length, model.backbone.config.context_length)
+    device, tokenizer, backbone, seq_len = load_for_training(config, sft_dir)
+    model = RewardModel(backbone)
     batches, eval_batches, counts = preference_batches(
         tokenizer, train, eval, seq_len, config.batch_size, config.group_by_length
     )

@@ -20,9 +20,9 @@ from tokenmill.align.config import SftConfig
 from tokenmill.align.data import Conversation
 from tokenmill.align.logprobs import labelled_logits
 from tokenmill.align.packing import Batch, Example, make_batches, truncate
-from tokenmill.align.train import amp, optimize, resolve_device, write_charts
+from tokenmill.align.train import amp, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
-from tokenmill.model.io import copy_tokenizer, load_model, save_model
+from tokenmill.model.io import copy_tokenizer, save_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.pretrain.sample import generate
 from tokenmill.tokenizer import Tokenizer
@@ -71,11 +71,7 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
     """Fine-tune the model of `base_dir` on `train`; write the model folder, metrics.jsonl,
     loss.svg, accuracy.svg and summary.json into `out_dir`; return the summary."""
     start = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    tokenizer = Tokenizer.load(base_dir)
-    model = load_model(base_dir, device=device, dtype=torch.float32)
-    seq_len = min(config.seq_len or model.config.context_length, model.config.context_length)
+    device, tokenizer, model, seq_len = load_for_training(config, base_dir)
     train_ex, train_stats = encode_conversations(tokenizer, train, seq_len)
     eval_ex, eval_stats = encode_conversations(tokenizer, eval, seq_len)
     batches = make_batches(train_ex, tokenizer.pad_id, config.batch_size, seq_len, config.packing)

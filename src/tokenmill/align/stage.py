@@ -20,10 +20,10 @@ from tokenmill.align.generate import encode_prompts
 from tokenmill.align.ppo import train_ppo
 from tokenmill.align.reward import load_reward_model, train_reward_model
 from tokenmill.align.sft import train_sft
-from tokenmill.align.train import resolve_device
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json
 from tokenmill.model.io import load_model
+from tokenmill.pretrain.distributed import pick_device
 from tokenmill.sources.document import SkipLog
 from tokenmill.tokenizer import Tokenizer
 
@@ -47,7 +47,7 @@ def prepare_data(config: AlignConfig, shard_dirs: list[Path], data_dir: Path) ->
 def dpo_win_rate(config: AlignConfig, out_dir: Path, prompts: list[list[dict]]) -> dict:
     """How often the reward model scores DPO's answer above SFT's on the same held-out prompt (ties
     half), sampled exactly as train_ppo samples its own win rate: the same prompts, settings and seed."""
-    device = resolve_device(config.ppo.device)
+    device = pick_device(config.ppo.device)
     tokenizer = Tokenizer.load(out_dir / "sft")
     reward_model = load_reward_model(out_dir / "rm", device=device)
     settings = config.ppo

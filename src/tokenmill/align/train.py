@@ -22,14 +22,22 @@ from tqdm import tqdm
 from tokenmill.align.config import TrainConfig
 from tokenmill.atomic import write_text
 from tokenmill.figures import line_chart_svg
+from tokenmill.model.io import load_model
+from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.distributed import pick_device
 from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
 from tokenmill.pretrain.schedule import lr_at
+from tokenmill.tokenizer import Tokenizer
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+def load_for_training(config: TrainConfig, model_dir: Path) -> tuple[torch.device, Tokenizer, Transformer, int]:
+    """What SFT, the reward model and DPO start from: the device, the seed set, the tokenizer and
+    the FP32 model of `model_dir`, and the sequence length (config.seq_len within the model's context)."""
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    model = load_model(model_dir, device=device, dtype=torch.float32)
+    context = model.config.context_length
+    return device, Tokenizer.load(model_dir), model, min(config.seq_len or context, context)
 
 
 def amp(device: torch.device):

@@ -72,8 +72,9 @@ class Dist:
 
 
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
+    """The device a setting `device: auto | cpu | cuda` stands for (CUDA when present for auto)."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise TokenmillError("pretrain.device is 'cuda' but no CUDA device is available")
+        raise TokenmillError("device is 'cuda' but no CUDA device is available")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
