@@ -146,6 +146,38 @@ def test_prompts(tmp_path):
     assert skips.summary()["skipped_total"] == 1
 
 
+def test_given_files_compressed_or_not_are_copied_readable_into_the_run(tmp_path):
+    import zstandard
+
+    from tokenmill.align.config import AlignConfig
+    from tokenmill.align.stage import SETS, prepare_data
+
+    conv = {"messages": USER_ASSISTANT}
+    pref = {"prompt": "Hi", "chosen": "Hello.", "rejected": "Bye."}
+    given = {}
+    for name in SETS:
+        record = conv if name.startswith("sft") else pref if name.startswith("pref") else {"prompt": "Hi"}
+        text = (json.dumps([record, record]) if name.endswith("eval") else json.dumps(record) + "\n") + "\n"
+        path = tmp_path / f"{name}.jsonl"
+        if name.startswith("sft"):
+            path = path.with_suffix(".jsonl.gz")
+            path.write_bytes(gzip.compress(text.encode()))
+        elif name.startswith("pref"):
+            path = path.with_suffix(".jsonl.zst")
+            path.write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+        else:
+            path.write_text(text)
+        given[name] = str(path)
+    data_dir = tmp_path / "run"
+    data_dir.mkdir()
+    stats = prepare_data(AlignConfig(data=given), [], data_dir)
+    assert stats == {"given": given}  # nothing built from the corpus
+    assert load_conversations(data_dir / "sft_train.jsonl") == [Conversation(USER_ASSISTANT)]
+    assert len(load_conversations(data_dir / "sft_eval.jsonl")) == 2
+    assert load_preferences(data_dir / "pref_train.jsonl")[0].chosen == "Hello."
+    assert load_prompts(data_dir / "prompts_eval.jsonl") == [[{"role": "user", "content": "Hi"}]] * 2
+
+
 def test_written_records_read_back(tmp_path):
     convs = [Conversation(USER_ASSISTANT), Conversation([{"role": "system", "content": "S"}, *USER_ASSISTANT])]
     prefs = [Preference([USER_ASSISTANT[0]], "Hello.", "Bye.", {"item": "greeting"})]

@@ -21,7 +21,9 @@ from tokenmill.align.ppo import train_ppo
 from tokenmill.align.reward import load_reward_model, train_reward_model
 from tokenmill.align.sft import train_sft
 from tokenmill.align.winrate import sample_and_score, win_rate
-from tokenmill.atomic import write_json
+from tokenmill.atomic import atomic_open, write_json
+from tokenmill.compression import TRUNCATION_ERRORS, open_binary
+from tokenmill.errors import TokenmillError
 from tokenmill.model.io import load_model
 from tokenmill.pretrain.distributed import pick_device
 from tokenmill.sources.document import SkipLog
@@ -39,8 +41,12 @@ def prepare_data(config: AlignConfig, shard_dirs: list[Path], data_dir: Path) ->
     if len(given) < len(SETS):
         stats["builtin"] = build_builtin_sets(shard_dirs, data_dir, config.builtin)
     for name, path in given.items():
-        # A copy, so that the run folder holds what this run was trained on.
-        shutil.copyfile(path, data_dir / f"{name}.jsonl")
+        # A decompressed copy, so that the run folder holds what this run was trained on.
+        try:
+            with open_binary(path) as src, atomic_open(data_dir / f"{name}.jsonl") as dst:
+                shutil.copyfileobj(src, dst)
+        except TRUNCATION_ERRORS as e:
+            raise TokenmillError(f"align.data.{name}: {path} is truncated or corrupt: {e}") from None
     return stats
 
 
@@ -80,15 +86,22 @@ def align_stage(config: AlignConfig, pretrained_dir: Path, shard_dirs: list[Path
     data_dir.mkdir(parents=True)
     data = timed("data", prepare_data, config, shard_dirs, data_dir)
     skips = SkipLog()
+    loaded: dict[str, list] = {}
+
+    def load(loader, name: str) -> list:
+        # Each file read once: several methods share a set, and a bad record is counted once.
+        if name not in loaded:
+            loaded[name] = loader(data_dir / f"{name}.jsonl", skips)
+        return loaded[name]
 
     def conversations(name: str):
-        return load_conversations(data_dir / f"{name}.jsonl", skips)
+        return load(load_conversations, name)
 
     def preferences(name: str):
-        return load_preferences(data_dir / f"{name}.jsonl", skips)
+        return load(load_preferences, name)
 
     def prompts(name: str):
-        return load_prompts(data_dir / f"{name}.jsonl", skips)
+        return load(load_prompts, name)
 
     summaries = {"sft": timed("sft", train_sft, config.sft, pretrained_dir, conversations("sft_train"),
                               conversations("sft_eval"), out_dir / "sft")}
