@@ -1,7 +1,7 @@
 """Log-probabilities of the tokens a model is asked to produce: the quantity SFT, DPO and PPO share.
 
     lp = token_logprobs(model, ids, labels_mask)      # (batch, seq-1): log p(ids[:, t] | ids[:, :t]) for t >= 1
-    seq = sequence_logprobs(model, ids, labels_mask)  # (batch,): the sum over the labelled tokens
+    seq = lp.sum(-1)                                   # (batch,): the sum over the labelled tokens
 
 Only the labelled positions go through the output head: with a large vocabulary the head is
 most of a small model's compute, and the prompt's logits are never needed (TRL's fused LM head
@@ -51,8 +51,3 @@ def token_logprobs(
     logprobs = gather_logprobs(logits, targets)
     # masked_scatter keeps the result attached to the graph even when nothing is labelled.
     return logprobs.new_zeros(where.shape).masked_scatter(where, logprobs)
-
-
-def sequence_logprobs(model: Transformer, input_ids: torch.Tensor, labels_mask: torch.Tensor) -> torch.Tensor:
-    """(batch,): log p of the labelled tokens of each row, summed."""
-    return token_logprobs(model, input_ids, labels_mask).sum(-1)

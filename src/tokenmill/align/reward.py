@@ -52,14 +52,9 @@ class RewardModel(nn.Module):
         return self.score(h).squeeze(-1).float()
 
 
-def bradley_terry_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean −log σ(r_chosen − r_rejected [− margin]) over the pairs (the margin as in Llama 2)."""
-    diff = chosen - rejected
-    if margin is not None:
-        diff = diff - margin
-    return -F.logsigmoid(diff).mean()
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Mean −log σ(r_chosen − r_rejected) over the pairs."""
+    return -F.logsigmoid(chosen - rejected).mean()
 
 
 def save_reward_model(model: RewardModel, folder: Path, tokenizer_dir: Path) -> None:
