@@ -46,8 +46,14 @@ def _key_figures(run_dir: Path) -> dict[str, str]:
     return {r["stage"]: r.get("figure", "") for r in rows if isinstance(r, dict) and "stage" in r}
 
 
+# The explorer's routes are open, so it is never mounted beside a key-protected API.
+KEYED_SERVER = ("the explorer does not check API keys (its charts, run files and attention maps would be open to "
+                "whoever reaches the server): serve it without an API key on a trusted address, or run "
+                "`tokenmill explore` on this machine")
+
+
 def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = None,
-                 chat_url: str = "/v1/chat/completions", api_key_required: bool = False) -> FastAPI:
+                 chat_url: str = "/v1/chat/completions") -> FastAPI:
     """The explorer over `run_dir`. With `engine` (an AsyncEngine) the deployment panel shows its
     requests and KV-cache blocks live, and the chat box posts to `chat_url` with `model_name`:
     the routes of the serving app this one is mounted on (see mount_explorer)."""
@@ -55,8 +61,7 @@ def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = N
     if not run_dir.is_dir():
         raise TokenmillError(f"run folder not found: {run_dir}")
     live = Live(run_dir)
-    engine_info = {"attached": engine is not None, "model": model_name, "chat_url": chat_url if engine else None,
-                   "api_key_required": api_key_required}
+    engine_info = {"attached": engine is not None, "model": model_name, "chat_url": chat_url if engine else None}
     app = FastAPI(title="tokenmill explorer", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
@@ -136,10 +141,12 @@ def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = N
 def mount_explorer(app: FastAPI, run_dir: str | Path, path: str = "/explorer") -> FastAPI:
     """Mount the explorer of `run_dir` on a serving app made by `create_app`, at `path`, beside
     its API: the deployment panel then watches that app's engine and chats through its
-    /v1/chat/completions. Mounted at "/", the explorer answers every path the API does not."""
+    /v1/chat/completions. Mounted at "/", the explorer answers every path the API does not.
+    Refused on an app with an API key (KEYED_SERVER)."""
     server = app.state.server
-    explorer = explorer_app(run_dir, server.engine, model_name=server.model_name,
-                            api_key_required=server.api_key is not None)
+    if server.api_key is not None:
+        raise TokenmillError(KEYED_SERVER)
+    explorer = explorer_app(run_dir, server.engine, model_name=server.model_name)
     path = "/" + path.strip("/")
     if path != "/":
         # The page names its routes relative to itself, so it must be opened as PATH/.

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from tokenmill.errors import TokenmillError
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -30,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the model's name in the API (default: the folder's name)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, when MODEL_DIR holds no tokenizer")
     p.add_argument("--run-dir", metavar="DIR",
-                   help="also serve the explorer of this run folder at /explorer (see `tokenmill explore`)")
+                   help="also serve the explorer of this run folder at /explorer (see `tokenmill explore`); "
+                   "not with an API key: the explorer's routes are open")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
     p.add_argument("--dtype", choices=DTYPES, help="weights and KV cache dtype (default: as stored)")
     engine = p.add_argument_group("engine")
@@ -50,6 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.run_dir and args.api_key:
+        from tokenmill.explorer.app import KEYED_SERVER
+
+        raise TokenmillError(f"--run-dir with an API key: {KEYED_SERVER}")
     import torch
     import uvicorn
 

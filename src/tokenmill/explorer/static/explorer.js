@@ -239,7 +239,6 @@ function renderChat(s) {
   const input = el("textarea", {id: "chat-input", rows: "2", placeholder: "Ask the model something…"});
   const temperature = el("input", {id: "chat-temperature", type: "number", min: "0", max: "2", step: "0.1", value: "0.7"});
   const maxTokens = el("input", {id: "chat-max-tokens", type: "number", min: "1", max: "1024", value: "48"});
-  const key = s.api_key_required ? el("input", {id: "chat-key", type: "password", placeholder: "API key"}) : null;
   const messages = [];
   const send = async () => {
     const text = input.value.trim();
@@ -248,7 +247,6 @@ function renderChat(s) {
     log.append(el("div", {class: "msg user"}, el("div", {class: "label", text: "you"}), el("pre", {text})));
     input.value = "";
     const headers = {"Content-Type": "application/json"};
-    if (key && key.value) headers.Authorization = `Bearer ${key.value}`;
     try {
       const response = await fetch(s.chat_url, {method: "POST", headers, body: JSON.stringify({
         model: s.model, messages, temperature: Number(temperature.value), max_tokens: Number(maxTokens.value)})});
@@ -266,7 +264,7 @@ function renderChat(s) {
   };
   input.addEventListener("keydown", event => { if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); send(); } });
   return el("div", {}, log, input,
-    el("div", {class: "controls"}, el("label", {}, "temperature ", temperature), el("label", {}, "max tokens ", maxTokens), key,
+    el("div", {class: "controls"}, el("label", {}, "temperature ", temperature), el("label", {}, "max tokens ", maxTokens),
       el("button", {id: "chat-send", onclick: send, text: "send"})));
 }
 
