@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from explorer_run import EMAIL, MARKUP, planted_corpus
+from tokenmill.errors import TokenmillError
 from tokenmill.explorer.app import explorer_app, mount_explorer
 from tokenmill.explorer.stages import latest_model
 
@@ -204,6 +205,27 @@ def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     assert c.get("/api/chart/06/sft-kl.svg").status_code == 404
 
 
+def test_a_rerun_of_pretraining_shows_its_own_steps_not_the_last_runs(tmp_path):
+    run = tmp_path / "run"
+    for folder, steps in (("05_pretrain", range(0, 300, 50)), ("05_pretrain.work", range(0, 30, 10))):
+        (run / folder).mkdir(parents=True)
+        (run / folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0, "lr": 1e-3}) + "\n" for s in steps))
+    (run / "05_pretrain" / "report.json").write_text(json.dumps({"steps": 300, "final": {"val_loss": 4.4}}))
+    c = TestClient(explorer_app(run))
+
+    def shown(status: str) -> tuple[list, str]:
+        (run / "manifest.json").write_text(json.dumps({"stages": {"05_pretrain": {"status": status}}}))
+        found = sections(c, "05")
+        notes = [x["text"] for x in found if x["type"] == "note"]
+        steps = dict(next(x for x in found if x["type"] == "facts" and x["title"] == "the run")["items"]).get("steps")
+        return notes, steps
+
+    notes, steps = shown("running")  # `--from 05` re-runs: the finished folder stays until the new one replaces it
+    assert "training is in progress: the charts show the steps logged so far" in notes and steps is None
+    notes, steps = shown("done")
+    assert not any("in progress" in n for n in notes) and steps == "300"
+
+
 def test_files_only_from_inside_the_run(client, tiny_run, tmp_path):
     assert client.get("/api/file", params={"path": "config.yaml"}).status_code == 200
     outside = tmp_path / "secret.json"
@@ -249,3 +271,6 @@ def test_mounted_on_the_server_with_live_engine(tiny_run, one_thread):
         assert after["blocks_cached_free"] >= answer["usage"]["prompt_tokens"] // 16  # its full prompt blocks stay findable
         chat = next(s for s in c.get("/explorer/api/panel/08").json()["sections"] if s["type"] == "chat")
         assert chat["attached"] and chat["model"] == "tiny"
+    # The explorer's routes are open: it is not mounted beside an API that asks for a key.
+    with pytest.raises(TokenmillError, match="does not check API keys"):
+        mount_explorer(create_app(engine, "tiny", api_key="secret"), tiny_run)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tokenmill.explorer.files import read_json, read_jsonl
 from tokenmill.explorer.panels import chart, facts, note, stage_facts, stage_figures, table
+from tokenmill.explorer.stages import stage_status
 from tokenmill.figures import human_bytes
 
 ALIGN_METHODS = ("sft", "rm", "dpo", "ppo")
@@ -19,11 +20,11 @@ ALIGN_CHARTS = {
 
 
 def pretrain_logs(run_dir: Path) -> Path | None:
-    """Where the training logs are: the finished stage's folder, else the work folder of a run in progress."""
-    for folder in (run_dir / "05_pretrain", run_dir / "05_pretrain.work"):
-        if (folder / "metrics.jsonl").is_file():
-            return folder
-    return None
+    """Where the training logs are: the work folder while the stage runs (a re-run leaves the
+    last run's folder in place until it finishes), else the finished stage's folder."""
+    finished, work = run_dir / "05_pretrain", run_dir / "05_pretrain.work"
+    order = (work, finished) if stage_status(run_dir, "05_pretrain") == "running" else (finished, work)
+    return next((folder for folder in order if (folder / "metrics.jsonl").is_file()), None)
 
 
 def checkpoints(run_dir: Path) -> list[list]:
@@ -46,10 +47,12 @@ def pretrain_panel(run_dir: Path) -> list[dict]:
     logs = pretrain_logs(run_dir)
     if logs is None:
         return [note("not run: no training logs in 05_pretrain yet")]
-    report = read_json(run_dir / "05_pretrain" / "report.json", {}) or {}
+    in_progress = logs.name.endswith(".work")
+    # The report is written as the stage finishes; while it runs, any report is the last run's.
+    report = {} if in_progress else read_json(logs / "report.json", {}) or {}
     final, speed = report.get("final", {}), report.get("throughput", {})
     sections = [stage_facts(run_dir, "05_pretrain")]
-    if logs.name.endswith(".work"):
+    if in_progress:
         sections.append(note("training is in progress: the charts show the steps logged so far"))
     sections += [
         facts("the run", [("steps", report.get("steps")), ("tokens", report.get("tokens")), ("parameters", report.get("params")),
