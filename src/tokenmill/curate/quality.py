@@ -29,14 +29,10 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
-from sklearn.feature_extraction.text import HashingVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.utils import murmurhash3_32
 
 from tokenmill.atomic import atomic_open, write_text
 from tokenmill.curate.block import BlockStats, FitContext
@@ -46,6 +42,9 @@ from tokenmill.curate.trained import TrainedBlock, distribution
 from tokenmill.errors import TokenmillError
 from tokenmill.figures import bar_chart_svg
 from tokenmill.sources.document import PROSE_DOMAINS, Document
+
+if TYPE_CHECKING:  # scikit-learn is imported where it is used: reading a config must stay quick
+    from sklearn.feature_extraction.text import HashingVectorizer
 
 MODEL_FILE = "model.npz"
 CHART_FILE = "quality.svg"
@@ -96,6 +95,8 @@ class HashedLogistic:
 
 
 def make_vectorizer(n_features: int, ngram_max: int) -> HashingVectorizer:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
     return HashingVectorizer(
         n_features=n_features, ngram_range=(1, ngram_max), preprocessor=normalize, token_pattern=TOKEN_PATTERN,
         lowercase=False, alternate_sign=False, norm="l2", dtype=np.float64,
@@ -105,6 +106,8 @@ def make_vectorizer(n_features: int, ngram_max: int) -> HashingVectorizer:
 def train(pos: list[str], neg: list[str], n_features: int = 2**20, ngram_max: int = 2, max_chars: int = 10_000,
           c: float = 1.0) -> HashedLogistic:
     """Fit the classifier: positives labelled 1, negatives 0, each class weighted to equal mass."""
+    from sklearn.linear_model import LogisticRegression
+
     model = HashedLogistic(n_features, ngram_max, max_chars, np.zeros(n_features), 0.0)
     x = model.features(pos + neg)
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
@@ -216,6 +219,8 @@ class QualityClassifier(TrainedBlock):
 def _evaluate(model: HashedLogistic, test: list[Document], others: list[Document], positive: list[str]) -> dict[str, Any]:
     """Accuracy and ROC AUC on the held-out documents; the score distribution and the
     lowest-scored documents of each domain (held-out documents, and samples of the others)."""
+    from sklearn.metrics import roc_auc_score
+
     labels = np.array([d.source in positive for d in test], dtype=int)
     scores = model.score([d.text for d in test]) if test else np.zeros(0)
     held: dict[str, Any] = {"docs": len(test), "positive_docs": int(labels.sum())}
@@ -242,6 +247,8 @@ def _evaluate(model: HashedLogistic, test: list[Document], others: list[Document
 
 def _top_features(model: HashedLogistic, texts: list[str]) -> dict[str, list[dict[str, Any]]]:
     """The hash buckets that weigh most towards each class, named by the n-grams of `texts` that fall in them."""
+    from sklearn.utils import murmurhash3_32
+
     order = np.argsort(model.coef)
     top = {"positive": order[::-1][:TOP_FEATURES], "negative": order[:TOP_FEATURES]}
     wanted = {int(i) for ids in top.values() for i in ids}
