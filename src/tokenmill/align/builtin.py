@@ -28,25 +28,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from tokenmill.align.config import KIND_NAMES, BuiltinConfig
 from tokenmill.align.data import Conversation, Preference, conversation_record, preference_record, write_jsonl
 from tokenmill.atomic import write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.shards import read_shards, shard_paths
 from tokenmill.sources.document import Document
 
-# How the question names each kind of item.
-KIND_NAMES = {
-    "module": "the Python module",
-    "function": "the Python function",
-    "class": "the Python class",
-    "method": "the Python method",
-    "command": "the command",
-    "c_function": "the C function",
-    "manual": "the manual page",
-}
 QUESTIONS = ("What does {what} {name} do?", "What is {what} {name} for?", "Explain {what} {name} in one sentence.")
 FOLLOW_UPS = ("And {what} {name}?", "What about {what} {name}?")
 # The items a rejected answer is drawn from: the same family of documentation.
@@ -55,19 +45,6 @@ FAMILY = {"module": "python", "function": "python", "class": "python", "method":
 MAN_HEADER = re.compile(r"\A\s*\S+\(\w+\)")
 MAN_NAME = re.compile(r"^NAME\s*\n(.+?)(?:\n\s*\n|\n[A-Z][A-Z ]+\n)", re.M | re.S)
 SENTENCE_END = re.compile(r"(?<=[.!?])\s")
-
-
-class BuiltinConfig(BaseModel):
-    """The built-in SFT and preference sets (see docs/alignment.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
-    eval_items: int = Field(200, gt=0, description="Items held out: every eval question is about one of them.")
-    train_items: int = Field(2000, gt=0, description="At most this many items for the training sets.")
-    multi_turn: float = Field(0.2, ge=0, le=1, description="Share of SFT conversations with a second question.")
-    max_answer_chars: int = Field(160, gt=20, description="Answers are the first sentence, cut at a word to this.")
-    kinds: list[str] = Field(default_factory=lambda: list(KIND_NAMES), description="Kinds of item to ask about.")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,43 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tokenmill.align.builtin import BuiltinConfig
-from tokenmill.align.openai_client import EndpointConfig
 from tokenmill.pretrain.config import PretrainConfig
+
+
+# The kinds of documented item the built-in sets ask about, as a question names them.
+KIND_NAMES = {
+    "module": "the Python module",
+    "function": "the Python function",
+    "class": "the Python class",
+    "method": "the Python method",
+    "command": "the command",
+    "c_function": "the C function",
+    "manual": "the manual page",
+}
+
+
+class BuiltinConfig(BaseModel):
+    """The built-in SFT and preference sets (see docs/alignment.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    eval_items: int = Field(200, gt=0, description="Items held out: every eval question is about one of them.")
+    train_items: int = Field(2000, gt=0, description="At most this many items for the training sets.")
+    multi_turn: float = Field(0.2, ge=0, le=1, description="Share of SFT conversations with a second question.")
+    max_answer_chars: int = Field(160, gt=20, description="Answers are the first sentence, cut at a word to this.")
+    kinds: list[str] = Field(default_factory=lambda: list(KIND_NAMES), description="Kinds of item to ask about.")
+
+
+class EndpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="the API root, e.g. http://127.0.0.1:8000/v1")
+    model: str = Field(description="the model name the endpoint serves")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (never the key itself)")
+    timeout: float = Field(60.0, gt=0, description="seconds per request")
+    max_retries: int = Field(2, ge=0)
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
 
 
 class TrainConfig(BaseModel):

@@ -17,22 +17,10 @@ import time
 from collections.abc import Sequence
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
-
+from tokenmill.align.config import EndpointConfig
 from tokenmill.errors import TokenmillError
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-class EndpointConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = Field(description="the API root, e.g. http://127.0.0.1:8000/v1")
-    model: str = Field(description="the model name the endpoint serves")
-    api_key_env: str | None = Field(None, description="environment variable holding the API key (never the key itself)")
-    timeout: float = Field(60.0, gt=0, description="seconds per request")
-    max_retries: int = Field(2, ge=0)
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
 
 
 class EndpointError(TokenmillError):
