@@ -25,7 +25,7 @@ from tokenmill.align.config import DpoConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.logprobs import token_logprobs
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import amp, load_for_training, optimize, write_charts
+from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, save_model
@@ -142,9 +142,11 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
         return loss, {k: v.float().mean().item() for k, v in figures.items()}
 
     with atomic_dir(out_dir) as tmp:
-        with torch.no_grad():
-            before = held_out_figures(objective, eval_batches) if eval_batches else {}
-        metrics = optimize(policy, batches, loss_fn, config, lambda: held_out_figures(objective, eval_batches), tmp, "dpo")
+        def evaluate() -> dict[str, float]:
+            return held_out_figures(objective, eval_batches)
+
+        before = held_out(policy, evaluate, device) if eval_batches else {}
+        metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo")
         save_model(policy, tmp)
         copy_tokenizer(sft_dir, tmp)
         charts = write_charts(tmp, f"DPO ({config.loss})", metrics, {

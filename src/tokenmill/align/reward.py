@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tokenmill.align.config import RewardConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import load_for_training, optimize, write_charts
+from tokenmill.align.train import held_out, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, default_device, load_model, save_model, write_weights
@@ -138,8 +138,7 @@ def train_reward_model(
         return pairwise_figures(model, eval_batches, device)
 
     with atomic_dir(out_dir) as tmp:
-        with torch.no_grad():
-            before = evaluate()
+        before = held_out(model, evaluate, device)
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "rm")
         save_reward_model(model, tmp, sft_dir)
         charts = write_charts(tmp, "reward model", metrics, {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"]})

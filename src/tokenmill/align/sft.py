@@ -20,7 +20,7 @@ from tokenmill.align.config import SftConfig
 from tokenmill.align.data import Conversation
 from tokenmill.align.logprobs import labelled_logits
 from tokenmill.align.packing import Batch, Example, make_batches, truncate
-from tokenmill.align.train import amp, load_for_training, optimize, write_charts
+from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.model.io import copy_tokenizer, save_model
 from tokenmill.model.transformer import Transformer
@@ -82,8 +82,11 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
         return loss, {"token_accuracy": accuracy.item()}
 
     with atomic_dir(out_dir) as tmp:
-        before = held_out_figures(model, eval_batches, device) if eval_batches else {}
-        metrics = optimize(model, batches, loss_fn, config, lambda: held_out_figures(model, eval_batches, device), tmp, "sft")
+        def evaluate() -> dict[str, float]:
+            return held_out_figures(model, eval_batches, device)
+
+        before = held_out(model, evaluate, device) if eval_batches else {}
+        metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "sft")
         save_model(model, tmp)
         copy_tokenizer(base_dir, tmp)
         charts = write_charts(tmp, "SFT", metrics, {"loss": ["loss", "eval_loss"], "accuracy": ["token_accuracy", "eval_token_accuracy"]})

@@ -46,6 +46,16 @@ def amp(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def held_out(model: nn.Module, evaluate: Callable[[], dict[str, float]], device: torch.device) -> dict[str, float]:
+    """`evaluate()` as the training loop runs it: eval mode, no gradients, the training precision."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), amp(device):
+        figures = evaluate()
+    model.train(was_training)
+    return figures
+
+
 def schedule(n_batches: int, steps: int, seed: int) -> list[int]:
     """Batch indices for `steps` steps: whole shuffled epochs, one after another."""
     rng = random.Random(seed)
@@ -93,10 +103,7 @@ def optimize(
             optimizer.zero_grad(set_to_none=True)
             record = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **figures}
             if step % config.eval_every == 0 or step == len(order):
-                model.eval()
-                with torch.no_grad(), amp(device):
-                    record.update(evaluate())
-                model.train()
+                record.update(held_out(model, evaluate, device))
             record["elapsed_s"] = round(time.perf_counter() - start, 3)
             metrics.append(record)
             log.write(json.dumps(record) + "\n")
