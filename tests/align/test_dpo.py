@@ -82,6 +82,14 @@ def test_precomputed_reference_gives_the_frozen_references_loss(models, batch):
     assert stored.reference is None and frozen.reference is not None
     with torch.no_grad():
         assert torch.equal(frozen(batch)[0], stored(batch)[0])
+    # Without a reference model, the policy before its first step is the reference, with no copy made.
+    for mode in (True, False):  # the policy's mode is left as it was
+        policy.train(mode)
+        own = DpoObjective(policy, DpoConfig(precompute_ref=True), [batch], torch.device("cpu"))
+        assert own.reference is None and policy.training == mode
+    copied = DpoObjective(policy, DpoConfig(), [batch], torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(own(batch)[0], copied(batch)[0])
     # the reference stays where it was while the policy moves
     loss, _ = stored(batch)
     loss.backward()

@@ -80,13 +80,19 @@ class DpoObjective:
     ) -> None:
         """`reference` defaults to a frozen copy of the policy as it is now (the SFT model)."""
         self.policy, self.config, self.device = policy, config, device
-        reference = reference if reference is not None else copy.deepcopy(policy)
-        self.reference: Transformer | None = reference.eval().requires_grad_(False)
         self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reference: Transformer | None = None
         if config.precompute_ref:
+            # Before its first step the policy is the reference: the memory of a second model,
+            # which precomputing saves, is not spent even for a moment.
+            scorer = reference if reference is not None else policy
+            was_training = scorer.training
+            scorer.eval()
             with torch.no_grad(), amp(device):
-                self.stored = {id(b): pair_logps(self.reference, b.to(device)) for b in batches}
-            self.reference = None  # the memory of a second model is what precomputing saves
+                self.stored = {id(b): pair_logps(scorer, b.to(device)) for b in batches}
+            scorer.train(was_training)
+        else:
+            self.reference = (reference if reference is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
 
     def ref_logps(self, key: Batch, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference is None:
