@@ -2,8 +2,7 @@
 
 A device is named `auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N`; a
 precision `auto`, `fp32`, `bf16` or `fp16` names the autocast dtype, auto being bf16 on a GPU
-that has it, fp16 on one that has not, and fp32 (no autocast) on the CPU, whose bf16 kernels are
-slower than float32 ones.
+that has it, fp16 on one that has not, and fp32 (no autocast) on the CPU.
 
 Configs and the command line name devices, precisions and dtypes before torch is loaded
 (`tokenmill --help` stays quick), so this module imports torch only inside its functions.

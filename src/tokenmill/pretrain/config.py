@@ -1,4 +1,6 @@
-"""The `pretrain` section of a run config: budget, batch, optimizer and schedule (shared with alignment), checkpoints, layout.
+"""The `pretrain` section of a run config: budget, batch, optimizer and schedule, checkpoints, layout.
+
+The optimizer and schedule keys (OptimConfig) are alignment's too.
 
 This module does not import torch, so that reading a run config stays fast.
 """
