@@ -32,12 +32,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tokenmill.device import autocast_dtype, pick_device
 from tokenmill.model import load_preset
 from tokenmill.model.config import ModelConfig
 from tokenmill.model.plan import flops_per_token, parameter_counts
 from tokenmill.pretrain.config import PretrainConfig
 from tokenmill.pretrain.distributed import init_distributed
-from tokenmill.pretrain.loop import Trainer, autocast_dtype
+from tokenmill.pretrain.loop import Trainer
 from tokenmill.pretrain.report import peak_flops
 from tokenmill.pretrain.state import TrainState
 from tokenmill.tokenizer.dataset import TokenDataset
@@ -198,13 +199,13 @@ def summary(rates: list[float], flops: float, peak: float | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="nano,gpt2-small")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--steps", type=int, help="steps per run (default 15 on a GPU, 5 on the CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the timing")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on a GPU)")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     compile_ = args.compile if args.compile is not None else device.type == "cuda"
     steps = args.steps or (15 if device.type == "cuda" else 5)
     amp_dtype = autocast_dtype(args.precision, device)

@@ -98,3 +98,21 @@ def test_section_hash_follows_only_its_section(tmp_path):
     assert section_hash(base, "data") == section_hash(load_config(None, ["name=b"]), "data")
     assert section_hash(base, "data") != section_hash(load_config(None, ["data.shard_bytes=5"]), "data")
     assert section_hash(base, "data") != section_hash(load_config(None, ["seed=1"]), "data")
+
+
+def test_alignment_and_pretraining_share_one_optimizer_config(tmp_path):
+    from tokenmill.align.config import DpoConfig, RewardConfig, SftConfig
+    from tokenmill.pretrain.config import OptimConfig, PretrainConfig
+
+    for section in (PretrainConfig, SftConfig, RewardConfig, DpoConfig):
+        assert issubclass(section, OptimConfig)
+        assert set(OptimConfig.model_fields) <= set(section.model_fields)
+    # The same flat keys in each section, checked alike (betas were only checked when SFT began).
+    config = load_config(write(tmp_path, "pretrain:\n  lr: 0.002\n  eps: 1.0e-6\nalign:\n  sft:\n  "
+                                         "  lr: 0.003\n    eps: 1.0e-6\n    decay_embeddings: true\n"))
+    assert (config.pretrain.lr, config.align.sft.lr, config.align.sft.eps) == (0.002, 0.003, 1e-6)
+    assert config.align.sft.decay_embeddings and config.align.dpo.lr == 1e-4
+    for section in ("pretrain", "align.dpo"):
+        nested = "".join(f"{'  ' * i}{key}:\n" for i, key in enumerate(section.split(".")))
+        with pytest.raises(ConfigError, match=rf"{section}.betas: .*betas must lie in \[0, 1\)"):
+            load_config(write(tmp_path, nested + "  " * section.count(".") + "  betas: [1.0, 0.9]\n"))

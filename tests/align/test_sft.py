@@ -181,3 +181,16 @@ def test_segment_ids_make_a_packed_row_compute_its_examples_alone(arch):
         alone = torch.cat([model(p) for p in parts], dim=1)
     torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
     assert segment_positions(segments).tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_fine_tune_like_fp32(precision, model_dir, tmp_path):
+    def losses(name: str, precision: str) -> list[float]:
+        config = SftConfig(steps=4, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=4, samples=0,
+                           precision=precision, device="cpu")
+        train_sft(config, model_dir, CONVERSATIONS * 2, CONVERSATIONS, tmp_path / name)
+        return [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
+    fp32, half = losses("fp32", "fp32"), losses(precision, precision)
+    assert fp32 != half  # autocast did change the arithmetic
+    assert max(abs(a - b) for a, b in zip(fp32, half)) < 0.05

@@ -42,9 +42,9 @@ from tokenmill.align.data import Conversation, Preference, conversation_record, 
 from tokenmill.align.generate import generate
 from tokenmill.align.openai_client import ChatClient, EndpointError
 from tokenmill.atomic import write_json, write_text
+from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import load_model
-from tokenmill.pretrain.distributed import pick_device
 from tokenmill.tokenizer import Tokenizer
 
 DEFAULTS = Path(__file__).parent / "prompts"

@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tokenmill.pretrain.config import PretrainConfig
+from tokenmill.device import DeviceChoice, Precision
+from tokenmill.pretrain.config import OptimConfig
 
 
 # The kinds of documented item the built-in sets ask about, as a question names them.
@@ -50,31 +51,23 @@ class EndpointConfig(BaseModel):
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
 
 
-class TrainConfig(BaseModel):
-    """What every alignment trainer shares: budget, batch, optimizer and schedule."""
-
-    model_config = ConfigDict(extra="forbid")
+class TrainConfig(OptimConfig):
+    """What every alignment trainer shares: budget, batch, precision, and pre-training's optimizer
+    and schedule keys (OptimConfig) with defaults for fine-tuning."""
 
     epochs: float = Field(1.0, gt=0, description="Passes over the training set (a fraction stops early).")
     steps: int | None = Field(None, gt=0, description="Optimizer steps instead of `epochs`.")
     batch_size: int = Field(16, gt=0, description="Rows (examples, pairs or packed rows) per optimizer step.")
     seq_len: int | None = Field(None, gt=0, description="Longest sequence; default the model's context_length.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(10, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup from lr/warmup_steps to lr.")
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null: no clipping.")
+    precision: Precision = Field(
+        "auto", description="Autocast dtype, as pre-training's; auto: bf16 on a GPU that has it (else fp16), fp32 on the CPU."
+    )
     eval_every: int = Field(50, gt=0, description="Held-out figures every N steps (and at the end).")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def optim(self) -> PretrainConfig:
-        """The pre-training optimizer and schedule settings these fields stand for."""
-        return PretrainConfig(
-            lr=self.lr, warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip,
-        )
+    device: DeviceChoice = "auto"
 
     def total_steps(self, batches_per_epoch: int) -> int:
         return self.steps or max(1, round(self.epochs * batches_per_epoch))
@@ -147,7 +140,7 @@ class PpoConfig(BaseModel):
     kl_horizon: int = Field(200, ge=1, description="samples over which the controller closes the gap")
     eval_prompts: int = Field(64, ge=0, description="held-out prompts for the win rate over the SFT model")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
 
 
 class CaiConfig(BaseModel):
@@ -163,7 +156,7 @@ class CaiConfig(BaseModel):
     temperature: float = Field(0.7, ge=0)
     batch_size: int = Field(32, ge=1, description="conversations decoded together by the local model")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the local model runs")
+    device: DeviceChoice = Field("auto", description="where the local model runs")
 
 Method = Literal["rm", "dpo", "ppo", "cai"]
 

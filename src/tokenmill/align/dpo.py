@@ -88,7 +88,7 @@ class DpoObjective:
             scorer = reference if reference is not None else policy
             was_training = scorer.training
             scorer.eval()
-            with torch.no_grad(), amp(device):
+            with torch.no_grad(), amp(config, device):
                 self.stored = {id(b): pair_logps(scorer, b.to(device)) for b in batches}
             scorer.train(was_training)
         else:
@@ -151,7 +151,7 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
         def evaluate() -> dict[str, float]:
             return held_out_figures(objective, eval_batches)
 
-        before = held_out(policy, evaluate, device) if eval_batches else {}
+        before = held_out(policy, evaluate, config, device) if eval_batches else {}
         metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo")
         save_model(policy, tmp)
         copy_tokenizer(sft_dir, tmp)

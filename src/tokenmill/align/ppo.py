@@ -42,11 +42,11 @@ from tokenmill.align.logprobs import gather_logprobs
 from tokenmill.align.reward import load_reward_model
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json, write_text
+from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.figures import line_chart_svg
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
-from tokenmill.pretrain.distributed import pick_device
 from tokenmill.tokenizer import Tokenizer
 
 

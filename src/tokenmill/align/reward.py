@@ -25,8 +25,9 @@ from tokenmill.align.data import Preference
 from tokenmill.align.packing import Batch, preference_batches
 from tokenmill.align.train import held_out, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
-from tokenmill.model.io import copy_tokenizer, default_device, load_model, save_model, write_weights
+from tokenmill.model.io import copy_tokenizer, load_model, save_model, write_weights
 from tokenmill.model.transformer import Transformer
 
 HEAD = "reward_head.safetensors"
@@ -70,7 +71,7 @@ def load_reward_model(folder: Path, device: torch.device | str | None = None) ->
     folder = Path(folder)
     if not (folder / HEAD).is_file():
         raise TokenmillError(f"{folder} is not a reward model folder: {HEAD} is missing (train one with `tokenmill rm`)")
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     model = RewardModel(load_model(folder, device=device))
     head = load_file(str(folder / HEAD), device=str(device))
     if set(head) != {"score.weight"} or tuple(head["score.weight"].shape) != tuple(model.score.weight.shape):
@@ -138,7 +139,7 @@ def train_reward_model(
         return pairwise_figures(model, eval_batches, device)
 
     with atomic_dir(out_dir) as tmp:
-        before = held_out(model, evaluate, device)
+        before = held_out(model, evaluate, config, device)
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "rm")
         save_reward_model(model, tmp, sft_dir)
         charts = write_charts(tmp, "reward model", metrics, {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"]})

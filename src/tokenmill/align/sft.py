@@ -59,7 +59,7 @@ def sample_answers(model: Transformer, tokenizer: Tokenizer, conversations: list
     for c in conversations[: config.samples]:
         prompt = c.messages[: next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")]
         ids = tokenizer.encode_chat(prompt, add_generation_prompt=True).ids
-        new = generate(model, ids, config.sample_tokens, model.config.context_length, None, config.seed, device, lambda: amp(device))
+        new = generate(model, ids, config.sample_tokens, model.config.context_length, None, config.seed, device, lambda: amp(config, device))
         if tokenizer.end_id in new:
             new = new[: new.index(tokenizer.end_id)]
         reference = c.messages[len(prompt)]["content"]
@@ -85,7 +85,7 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
         def evaluate() -> dict[str, float]:
             return held_out_figures(model, eval_batches, device)
 
-        before = held_out(model, evaluate, device) if eval_batches else {}
+        before = held_out(model, evaluate, config, device) if eval_batches else {}
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "sft")
         save_model(model, tmp)
         copy_tokenizer(base_dir, tmp)

@@ -23,9 +23,9 @@ from tokenmill.align.sft import train_sft
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import atomic_open, write_json
 from tokenmill.compression import TRUNCATION_ERRORS, open_binary
+from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import load_model
-from tokenmill.pretrain.distributed import pick_device
 from tokenmill.sources.document import SkipLog
 from tokenmill.tokenizer import Tokenizer
 

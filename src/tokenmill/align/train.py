@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from tokenmill.align.config import TrainConfig
 from tokenmill.atomic import write_text
+from tokenmill.device import autocast, autocast_dtype, pick_device
 from tokenmill.figures import line_chart_svg
 from tokenmill.model.io import load_model
 from tokenmill.model.transformer import Transformer
-from tokenmill.pretrain.distributed import pick_device
 from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
 from tokenmill.pretrain.schedule import lr_at
 from tokenmill.tokenizer import Tokenizer
@@ -40,17 +40,18 @@ def load_for_training(config: TrainConfig, model_dir: Path) -> tuple[torch.devic
     return device, Tokenizer.load(model_dir), model, min(config.seq_len or context, context)
 
 
-def amp(device: torch.device):
-    """bf16 autocast on a GPU that has it; full precision elsewhere."""
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+def amp(config: TrainConfig, device: torch.device):
+    """The autocast context of the training precision (`config.precision`) on `device`."""
+    return autocast(device, autocast_dtype(config.precision, device))
 
 
-def held_out(model: nn.Module, evaluate: Callable[[], dict[str, float]], device: torch.device) -> dict[str, float]:
+def held_out(
+    model: nn.Module, evaluate: Callable[[], dict[str, float]], config: TrainConfig, device: torch.device
+) -> dict[str, float]:
     """`evaluate()` as the training loop runs it: eval mode, no gradients, the training precision."""
     was_training = model.training
     model.eval()
-    with torch.no_grad(), amp(device):
+    with torch.no_grad(), amp(config, device):
         figures = evaluate()
     model.train(was_training)
     return figures
@@ -79,10 +80,11 @@ def optimize(
     """Train `model` (its parameters that require grad) on `batches`; return the metrics, also
     written to out_dir/metrics.jsonl as they come."""
     device = next(model.parameters()).device
-    optim = config.optim()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    optimizer = build_optimizer(named, decayed_names(model, decay_embeddings=False), optim, device)
+    optimizer = build_optimizer(named, decayed_names(model, config.decay_embeddings), config, device)
+    # fp16's narrow range underflows small gradients: scale the loss up, the gradients back down.
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype(config.precision, device) == torch.float16 else None
     order = schedule(len(batches), config.total_steps(len(batches)), config.seed)
     metrics: list[dict] = []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,19 +93,27 @@ def optimize(
     model.train()
     try:
         for step, index in enumerate(tqdm(order, desc=desc, unit="step", leave=False), 1):
-            lr = lr_at(step - 1, optim, len(order))
+            lr = lr_at(step - 1, config, len(order))
             set_lr(optimizer, lr)
-            with amp(device):
+            with amp(config, device):
                 loss, figures = loss_fn(batches[index])
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
             norm = float(grad_norm_squared(params).sqrt())
             if config.grad_clip is not None:
                 clip_grads(params, config.grad_clip, norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when a gradient is not finite; the scale then shrinks
+                scaler.update()
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             record = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **figures}
             if step % config.eval_every == 0 or step == len(order):
-                record.update(held_out(model, evaluate, device))
+                record.update(held_out(model, evaluate, config, device))
             record["elapsed_s"] = round(time.perf_counter() - start, 3)
             metrics.append(record)
             log.write(json.dumps(record) + "\n")

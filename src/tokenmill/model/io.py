@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokenmill.atomic import tmp_sibling, write_text
+from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig, config_json, read_config
 from tokenmill.model.transformer import Transformer
@@ -34,13 +35,9 @@ TOKENIZER_FILES = (
 TIED = "output.weight"
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def build_model(config: ModelConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Transformer:
     """A freshly initialised model on `device` (CUDA when present)."""
-    with torch.device(device or default_device()):
+    with pick_device(device):
         model = Transformer(config)
     return model.to(dtype) if dtype is not None else model
 
@@ -115,7 +112,7 @@ def read_weights(folder: Path, device: torch.device | str | None = None) -> tupl
     path = folder / WEIGHTS
     if not path.is_file():
         raise TokenmillError(f"no weights in {folder}: {WEIGHTS} is missing")
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     return str(path), load_file(str(path), device=str(device))
 
 

@@ -1,4 +1,6 @@
-"""The `pretrain` section of a run config: budget, batch, optimizer, schedule, checkpoints, layout.
+"""The `pretrain` section of a run config: budget, batch, optimizer and schedule, checkpoints, layout.
+
+The optimizer and schedule keys (OptimConfig) are alignment's too.
 
 This module does not import torch, so that reading a run config stays fast.
 """
@@ -7,10 +9,39 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tokenmill.device import DeviceChoice, Precision
 
 
-class PretrainConfig(BaseModel):
+class OptimConfig(BaseModel):
+    """AdamW (Loshchilov & Hutter, 2019) and its warmup-cosine schedule, as pre-training and
+    alignment (SFT, reward model, DPO) both train: their sections inherit these keys, each with
+    its own defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup from lr/warmup_steps to lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
+    decay_end: float = Field(
+        1.0, gt=0, description="Where the cosine reaches its floor: <= 1 a fraction of the steps, > 1 a step; then constant."
+    )
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0)
+    decay_embeddings: bool = Field(False, description="Apply weight decay to the embeddings too (norms and biases never).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null: no clipping.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if betas[0] >= 1 or betas[1] >= 1 or min(betas) < 0:
+            raise ValueError(f"betas must lie in [0, 1), got {list(betas)}")
+        return betas
+
+
+class PretrainConfig(OptimConfig):
     """How to pre-train (stage 05). See docs/pretrain.md."""
 
     model_config = ConfigDict(extra="forbid")
@@ -24,24 +55,11 @@ class PretrainConfig(BaseModel):
     micro_batch: int = Field(16, gt=0, description="Sequences per forward/backward on one rank (a pipeline micro-batch).")
     seq_len: int | None = Field(None, gt=0, description="Training sequence length; default the model's context_length.")
 
-    # AdamW (Loshchilov & Hutter, 2019) with a warmup-cosine schedule.
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(100, ge=0, description="Linear warmup from lr/warmup_steps to lr.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr.")
-    decay_end: float = Field(
-        1.0, gt=0, description="Where the cosine reaches its floor: <= 1 a fraction of the steps, > 1 a step; then constant."
-    )
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0)
-    decay_embeddings: bool = Field(False, description="Apply weight decay to the embeddings too (norms and biases never).")
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null: no clipping.")
-
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         "auto", description="Autocast dtype; auto: bf16 on a GPU that has it (else fp16), fp32 on the CPU."
     )
     compile: bool = Field(False, description="torch.compile each transformer block.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: DeviceChoice = "auto"
     seed: int = 0
 
     # Evaluation.
@@ -73,6 +91,4 @@ class PretrainConfig(BaseModel):
     def _check(self) -> PretrainConfig:
         if self.steps is not None and self.tokens is not None:
             raise ValueError("set steps or tokens (the training budget), not both")
-        if self.betas[0] >= 1 or self.betas[1] >= 1 or min(self.betas) < 0:
-            raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
         return self

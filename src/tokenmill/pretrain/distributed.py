@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.pretrain.config import PretrainConfig
 
@@ -71,16 +72,6 @@ class Dist:
             dist.destroy_process_group()
 
 
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """The device a setting `device: auto | cpu | cuda` stands for (CUDA when present for auto)."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise TokenmillError("device is 'cuda' but no CUDA device is available")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def layout(config: PretrainConfig, world: int) -> dict[str, int]:
     """The degrees of each mesh dimension; their product is the number of processes."""
     fixed = config.fsdp * config.tp * config.pp
@@ -106,6 +97,8 @@ def init_distributed(config: PretrainConfig) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     degrees = layout(config, world)
     device = pick_device(config.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # the process's own GPU for collectives and unplaced tensors
     if world == 1:
         return Dist(0, 1, device, degrees, None)
     owns = not dist.is_initialized()

@@ -11,7 +11,6 @@ spikes and rollbacks; all three live beside the checkpoints, so a resumed run co
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import resource
@@ -26,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from tokenmill.atomic import atomic_dir, write_json, write_text
+from tokenmill.device import autocast, autocast_dtype
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
 from tokenmill.model.io import build_model
@@ -83,12 +83,6 @@ def plan_batch(config: PretrainConfig, model_config: ModelConfig, dp_size: int) 
     else:
         steps = 1000
     return Batch(seq_len, sequences, per_rank, config.micro_batch, per_rank // config.micro_batch, steps)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        precision = "fp32" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def memory_gb(device: torch.device) -> float:
@@ -193,9 +187,7 @@ class Trainer:
         return tok
 
     def amp(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.d.device.type, dtype=self.amp_dtype)
+        return autocast(self.d.device, self.amp_dtype)
 
     # --- the run ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
-from tokenmill.pretrain.config import PretrainConfig
+from tokenmill.pretrain.config import OptimConfig
 
 
 def decayed_names(model: nn.Module, decay_embeddings: bool) -> set[str]:
@@ -40,7 +40,7 @@ def _mesh(p: torch.Tensor):
 
 
 def build_optimizer(
-    named: Iterable[tuple[str, nn.Parameter]], decayed: set[str], config: PretrainConfig, device: torch.device
+    named: Iterable[tuple[str, nn.Parameter]], decayed: set[str], config: OptimConfig, device: torch.device
 ) -> torch.optim.AdamW:
     groups: dict[tuple, list[nn.Parameter]] = defaultdict(list)
     sharded = False

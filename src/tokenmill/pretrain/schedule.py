@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import math
 
-from tokenmill.pretrain.config import PretrainConfig
+from tokenmill.pretrain.config import OptimConfig
 
 
-def decay_end_step(config: PretrainConfig, steps: int) -> int:
+def decay_end_step(config: OptimConfig, steps: int) -> int:
     """The step where the cosine reaches its floor: a fraction of the run (<= 1) or a step (> 1)."""
     end = round(config.decay_end * steps) if config.decay_end <= 1 else int(config.decay_end)
     return max(end, config.warmup_steps)
 
 
-def lr_at(step: int, config: PretrainConfig, steps: int) -> float:
+def lr_at(step: int, config: OptimConfig, steps: int) -> float:
     peak, warmup = config.lr, config.warmup_steps
     floor = config.min_lr_ratio * peak
     if step < warmup:

@@ -6,9 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from tokenmill.device import DTYPE_NAMES, dtype_named
 from tokenmill.errors import TokenmillError
-
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", metavar="DIR",
                    help="also serve the explorer of this run folder at /explorer (see `tokenmill explore`); "
                    "not with an API key: the explorer's routes are open")
-    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--dtype", choices=DTYPES, help="weights and KV cache dtype (default: as stored)")
+    p.add_argument("--device", help="auto, cuda, cuda:1 or cpu (default auto: CUDA when present)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, help="weights and KV cache dtype (default: as stored)")
     engine = p.add_argument_group("engine")
     engine.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default 16)")
     engine.add_argument("--kv-cache-mb", type=int, metavar="MB",
@@ -57,7 +56,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from tokenmill.explorer.app import KEYED_SERVER
 
         raise TokenmillError(f"--run-dir with an API key: {KEYED_SERVER}")
-    import torch
     import uvicorn
 
     from tokenmill.deploy.serve.engine import EngineConfig
@@ -73,7 +71,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         prefix_caching=not args.no_prefix_caching,
     )
     engine = load_engine(model_dir, config, Path(args.tokenizer) if args.tokenizer else None, args.device,
-                         getattr(torch, args.dtype) if args.dtype else None)
+                         dtype_named(args.dtype) if args.dtype else None)
     limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.max_n)
     app = create_app(engine, args.served_model_name or model_dir.resolve().name, args.api_key, limits)
     if args.run_dir:
