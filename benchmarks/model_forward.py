@@ -45,7 +45,7 @@ def timed(fn, device: str, repeat: int = 3) -> float:
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, new: int) -> torch.Tensor:
     batch, seq = ids.shape
-    cache = KVCache(model.config, batch, seq + new, device=ids.device, dtype=model.tok_embeddings.weight.dtype)
+    cache = KVCache(model.config, batch, seq + new)
     logits = model(ids, positions=torch.arange(seq, device=ids.device), cache=cache)
     tokens = [logits[:, -1].argmax(-1, keepdim=True)]
     for i in range(new - 1):
@@ -65,7 +65,7 @@ def cached_equals_uncached(device: str) -> dict[str, float]:
         torch.manual_seed(0)
         model = build_model(ModelConfig(**base, **fields), device=device).eval()
         ids = torch.randint(0, 128, (3, 16), device=device)
-        cache = KVCache(model.config, 3, 32, device=device)
+        cache = KVCache(model.config, 3, 32)
         steps = [model(ids[:, :10], positions=torch.arange(10, device=device), cache=cache)]
         for i in range(10, 16):
             steps.append(model(ids[:, i : i + 1], positions=torch.tensor([i], device=device), cache=cache))

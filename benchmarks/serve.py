@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from tokenmill.deploy.serve.engine import Engine, EngineConfig
-from tokenmill.deploy.serve.sampling import SamplingParams
 from tokenmill.model import KVCache, ModelConfig, build_model, load_model
+from tokenmill.model.sampling import SamplingParams
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 from tokenmill.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
@@ -122,8 +122,7 @@ def one_at_a_time(model, requests: list[Request], device: torch.device) -> list[
     timings = []
     for prompt, out_len in requests:
         start = time.perf_counter()
-        dtype = model.tok_embeddings.weight.dtype
-        cache = KVCache(model.config, 1, len(prompt) + out_len, device=device, dtype=dtype)
+        cache = KVCache(model.config, 1, len(prompt) + out_len)
         ids, positions = torch.tensor([prompt], device=device), torch.arange(len(prompt), device=device)
         logits = model(ids, positions=positions, cache=cache)
         token = logits[:, -1].argmax(-1, keepdim=True)
@@ -155,7 +154,6 @@ def queued(timings: list[dict], requests: list[Request], concurrency: int) -> di
 @torch.inference_mode()
 def static_batching(model, requests: list[Request], batch_size: int, device: torch.device) -> dict:
     """Batches in arrival order; pad to the longest prompt; decode until the longest output is done."""
-    dtype = model.tok_embeddings.weight.dtype
     ttft, itl, tokens = [], [], 0
     start = time.perf_counter()
     for b in range(0, len(requests), batch_size):
@@ -166,7 +164,7 @@ def static_batching(model, requests: list[Request], batch_size: int, device: tor
         ids = torch.zeros(len(batch), longest, dtype=torch.long, device=device)
         for r, (prompt, _) in enumerate(batch):
             ids[r, : len(prompt)] = torch.tensor(prompt, device=device)
-        cache = KVCache(model.config, len(batch), longest + steps, device=device, dtype=dtype)
+        cache = KVCache(model.config, len(batch), longest + steps)
         logits = model(ids, positions=torch.arange(longest, device=device), cache=cache)
         rows = torch.arange(len(batch), device=device)
         token = logits[rows, lengths - 1].argmax(-1, keepdim=True)

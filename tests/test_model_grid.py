@@ -142,3 +142,14 @@ def test_cache_overflow_is_an_error():
     cache = KVCache(config, batch_size=1, max_len=4)
     with pytest.raises(ValueError, match="does not fit a KV cache of 4"):
         model(torch.zeros(1, 5, dtype=torch.long), positions=torch.arange(5), cache=cache)
+
+
+def test_the_cache_keeps_the_heads_and_dtype_it_is_given():
+    """A tensor-parallel rank writes its own share of the heads; autocast writes bfloat16 keys."""
+    config = ModelConfig(**BASE)  # 4 key/value heads
+    cache = KVCache(config, batch_size=2, max_len=8)
+    k = torch.randn(2, 2, 3, config.head_dim, dtype=torch.bfloat16)  # one rank's 2 heads of 4
+    keys, values = cache.update(0, k, k + 1, torch.arange(3))
+    assert keys.dtype == torch.bfloat16 and torch.equal(keys, k) and torch.equal(values, k + 1)
+    keys, _ = cache.update(0, k[:, :, :1], k[:, :, :1], torch.tensor([3]))
+    assert keys.shape == (2, 2, 4, config.head_dim) and torch.equal(keys[:, :, :3], k)

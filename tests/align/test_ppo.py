@@ -11,14 +11,15 @@ import torch
 import torch.nn as nn
 from rl_helpers import load_tokenizer, model_folder, tiny_model, train_tiny_tokenizer
 
+from tokenmill.align.data import encode_prompts
 from tokenmill.align.gae import gae, kl_penalised_rewards, whiten
-from tokenmill.align.generate import encode_prompts, generate
 from tokenmill.align.ppo import (
     KLController, PpoConfig, PpoTrainer, Rollout, action_index, ppo_losses, response_forward, train_ppo,
 )
 from tokenmill.align.reward import RewardModel, save_reward_model
 from tokenmill.errors import TokenmillError
 from tokenmill.model import load_model
+from tokenmill.model.generate import generate
 
 
 def closed_form_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:

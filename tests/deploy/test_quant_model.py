@@ -21,7 +21,8 @@ from tokenmill.deploy.quant.io import load_quantized, read_quantization, save_qu
 from tokenmill.deploy.quant.linear import QuantLinear
 from tokenmill.deploy.quant.quantize import quantize_model, scheme_for
 from tokenmill.errors import TokenmillError
-from tokenmill.model import KVCache, build_model, load_model, load_preset, save_model, tiny
+from tokenmill.model import build_model, load_model, load_preset, save_model, tiny
+from tokenmill.model.generate import generate
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 from tokenmill.tokenizer.tokens import TokenShardWriter
@@ -59,19 +60,11 @@ def calib(tokens_dir):
     return calibration_ids(tokens_dir, 8, 64)
 
 
-def greedy(model, prompt: torch.Tensor, n: int, cached: bool) -> list[int]:
+def greedy_without_cache(model, prompt: torch.Tensor, n: int) -> list[int]:
     ids = prompt
-    if not cached:
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
-        return ids[0, prompt.shape[1]:].tolist()
-    cache = KVCache(model.config, 1, prompt.shape[1] + n)
-    logits = model(prompt, positions=torch.arange(prompt.shape[1]), cache=cache)
-    out = []
-    for t in range(prompt.shape[1], prompt.shape[1] + n):
-        out.append(int(logits[0, -1].argmax()))
-        logits = model(torch.tensor([[out[-1]]]), positions=torch.tensor([t]), cache=cache)
-    return out
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
+    return ids[0, prompt.shape[1]:].tolist()
 
 
 @pytest.mark.parametrize("method,symmetric", [("int8", True), ("int8", False), ("rtn4", False), ("gptq", True), ("awq", False)])
@@ -123,8 +116,8 @@ def test_quantize_cli_end_to_end(model_dir, tokens_dir, tmp_path, capsys):
     with torch.no_grad():
         model = load_model(out, device="cpu")
         prompt = torch.tensor([[1, 8, 10, 11]])
-        generated = greedy(model, prompt, 12, cached=True)
-        assert generated == greedy(model, prompt, 12, cached=False)
+        generated = generate(model, prompt.tolist(), 12, temperature=0).response_ids(0)
+        assert generated == greedy_without_cache(model, prompt, 12)
         assert all(0 <= t < model.config.vocab_size for t in generated)
 
 

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from tokenmill.deploy.serve.block_manager import NULL_BLOCK, BlockManager, block_hash
-from tokenmill.deploy.serve.sampling import SamplingParams
 from tokenmill.deploy.serve.scheduler import Scheduler
 from tokenmill.deploy.serve.sequence import Request, Sequence, Status
+from tokenmill.model.sampling import SamplingParams
 
 
 def admit(bm: BlockManager, seq_id: int, tokens: list[int], num_tokens: int | None = None) -> list[int]:

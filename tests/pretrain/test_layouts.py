@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pretrain_runs import launch, step_losses, train_here, val_losses, write_spec
+from pretrain_runs import launch, read_jsonl, step_losses, train_here, val_losses, write_spec
 from safetensors.torch import load_file
 
 LAYOUTS = {
@@ -56,6 +56,11 @@ def test_layout_matches_a_single_process(name, runs, reference):
     assert max(abs(got_val[s] - expected_val[s]) for s in expected_val) <= 1e-5
     # Training moved: the losses are not all the same number.
     assert expected[10] < expected[1] - 0.3
+    # The samples (greedy, KV-cached: under tensor parallelism each rank caches its own heads) are
+    # the single process's; a pipeline takes none.
+    if not name.startswith("pp"):
+        texts = [[r["text"] for r in read_jsonl(w / "samples.jsonl")] for w in (runs(name), reference)]
+        assert texts[0] == texts[1] and len(texts[1]) == 3
     # The model folder, exported from the layout's last checkpoint, holds the same weights.
     ours, single = (load_file(w / "out" / "model" / "model.safetensors") for w in (runs(name), reference))
     assert ours.keys() == single.keys()

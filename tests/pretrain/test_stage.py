@@ -132,6 +132,19 @@ def test_autocast_precisions_train_like_fp32(tmp_path, model_config, corpus, pre
         assert marker["state"]["scaler"]["scale"] > 0
 
 
+def test_samples_never_move_the_training_rng(tmp_path, model_config, corpus):
+    """With dropout drawing from the global RNG, a run that samples (top-k, at every evaluation)
+    trains exactly as one that does not sample at all."""
+    config = model_config.model_copy(update={"dropout": 0.1})
+    runs = {}
+    for name, fields in [("sampling", dict(sample_tokens=6, sample_top_k=5)), ("silent", dict(sample_tokens=0))]:
+        work = tmp_path / name
+        train_here(config, corpus, work, steps=4, eval_every=1, **fields)
+        runs[name] = step_losses(work)
+    assert len(read_jsonl(tmp_path / "sampling" / "samples.jsonl")) == 5
+    assert runs["sampling"] == runs["silent"]
+
+
 def test_compiled_blocks_train_like_eager(tmp_path, model_config, corpus, monkeypatch):
     # Inductor's code generation takes a minute on a small CPU; AOT-eager traces the same graphs
     # (forward and backward) through dynamo without generating code.

@@ -39,11 +39,11 @@ from tqdm import tqdm
 
 from tokenmill.align.config import CaiConfig
 from tokenmill.align.data import Conversation, Preference, conversation_record, preference_record, write_jsonl
-from tokenmill.align.generate import generate
 from tokenmill.align.openai_client import ChatClient, EndpointError
 from tokenmill.atomic import write_json, write_text
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
+from tokenmill.model.generate import generate
 from tokenmill.model.io import load_model
 from tokenmill.tokenizer import Tokenizer
 

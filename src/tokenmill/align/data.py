@@ -215,6 +215,14 @@ def load_prompts(path: str | Path, skips: SkipLog | None = None) -> list[list[di
     return _load(path, parse_prompt, "prompt", skips)
 
 
+def encode_prompts(tokenizer, prompts: Sequence[Sequence[dict]], max_tokens: int) -> tuple[list[list[int]], int]:
+    """The chat-template ids of each prompt, ready for the assistant's answer, keeping those of at
+    most `max_tokens` tokens; and how many were too long."""
+    ids = [tokenizer.encode_chat(p, add_generation_prompt=True).ids for p in prompts]
+    kept = [x for x in ids if len(x) <= max_tokens]
+    return kept, len(ids) - len(kept)
+
+
 # --- preferences -----------------------------------------------------------------------------
 
 

@@ -35,9 +35,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from tokenmill.align.config import PpoConfig
-from tokenmill.align.data import write_jsonl
+from tokenmill.align.data import encode_prompts, write_jsonl
 from tokenmill.align.gae import gae, kl_penalised_rewards, masked_mean, whiten
-from tokenmill.align.generate import Generation, encode_prompts, generate
 from tokenmill.align.logprobs import gather_logprobs
 from tokenmill.align.reward import load_reward_model
 from tokenmill.align.winrate import sample_and_score, win_rate
@@ -45,6 +44,7 @@ from tokenmill.atomic import write_json, write_text
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.figures import line_chart_svg
+from tokenmill.model.generate import Generation, generate
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer

@@ -22,9 +22,9 @@ from tokenmill.align.logprobs import labelled_logits
 from tokenmill.align.packing import Batch, Example, make_batches, truncate
 from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
 from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.model.generate import fit_context, generate
 from tokenmill.model.io import copy_tokenizer, save_model
 from tokenmill.model.transformer import Transformer
-from tokenmill.pretrain.sample import generate
 from tokenmill.tokenizer import Tokenizer
 
 
@@ -59,9 +59,10 @@ def sample_answers(model: Transformer, tokenizer: Tokenizer, conversations: list
     for c in conversations[: config.samples]:
         prompt = c.messages[: next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")]
         ids = tokenizer.encode_chat(prompt, add_generation_prompt=True).ids
-        new = generate(model, ids, config.sample_tokens, model.config.context_length, None, config.seed, device, lambda: amp(config, device))
-        if tokenizer.end_id in new:
-            new = new[: new.index(tokenizer.end_id)]
+        ids, n_tokens = fit_context(ids, config.sample_tokens, model.config.context_length)
+        with amp(config, device):
+            answer = generate(model, [ids], n_tokens, temperature=0, stop_ids={tokenizer.end_id})
+        new = answer.response_ids(0, strip_stop=True)
         reference = c.messages[len(prompt)]["content"]
         out.append({"prompt": prompt[-1]["content"], "answer": tokenizer.decode(new), "reference": reference})
     return out

@@ -14,9 +14,8 @@ import torch
 
 from tokenmill.align.cai import run_cai
 from tokenmill.align.config import AlignConfig
-from tokenmill.align.data import load_conversations, load_preferences, load_prompts
+from tokenmill.align.data import encode_prompts, load_conversations, load_preferences, load_prompts
 from tokenmill.align.dpo import train_dpo
-from tokenmill.align.generate import encode_prompts
 from tokenmill.align.ppo import train_ppo
 from tokenmill.align.reward import load_reward_model, train_reward_model
 from tokenmill.align.sft import train_sft

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenmill.align.generate import generate
+from tokenmill.model.generate import generate
 from tokenmill.model.transformer import Transformer
 
 

@@ -1,4 +1,4 @@
-"""Stages 04 and 07: the transformer, its model folder, Hugging Face interop, anatomy and planning.
+"""Stages 04 and 07: the transformer, its model folder, generation, Hugging Face interop, anatomy and planning.
 
     from tokenmill.model import load_model, save_model
     model = load_model("runs/x/05_pretrain/model")   # model(input_ids) -> logits (batch, seq, vocab)

@@ -25,20 +25,17 @@ from tokenmill.model.config import ModelConfig
 
 
 class KVCache:
-    """One contiguous (batch, n_kv_heads, max_len, head_dim) buffer per layer for keys and for values."""
+    """One contiguous (batch, kv_heads, max_len, head_dim) buffer per layer for keys and for values.
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        max_len: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
+    A layer's buffers are made at its first write, in the shape, dtype and device of what it
+    writes: a tensor-parallel rank caches only its own heads, and keys computed under autocast
+    stay in autocast's dtype."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int | None = None) -> None:
+        self.batch_size = batch_size
         self.max_len = max_len or config.context_length
-        shape = (batch_size, config.n_kv_heads, self.max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.k: list[torch.Tensor | None] = [None] * config.n_layers
+        self.v: list[torch.Tensor | None] = [None] * config.n_layers
         self.end = 0  # one past the furthest position written in the current step
 
     def update(
@@ -49,11 +46,16 @@ class KVCache:
             self.end = int(positions.max()) + 1
             if self.end > self.max_len:
                 raise ValueError(f"position {self.end - 1} does not fit a KV cache of {self.max_len} tokens")
+        if self.k[layer_idx] is None:
+            shape = (self.batch_size, k.shape[1], self.max_len, k.shape[3])
+            self.k[layer_idx] = k.new_zeros(shape)
+            self.v[layer_idx] = v.new_zeros(shape)
+        keys, values = self.k[layer_idx], self.v[layer_idx]
         if positions.dim() == 1:
-            self.k[layer_idx][:, :, positions] = k
-            self.v[layer_idx][:, :, positions] = v
+            keys[:, :, positions] = k
+            values[:, :, positions] = v
         else:
             rows = torch.arange(k.shape[0], device=k.device)[:, None]
-            self.k[layer_idx][rows, :, positions] = k.transpose(1, 2)
-            self.v[layer_idx][rows, :, positions] = v.transpose(1, 2)
-        return self.k[layer_idx][:, :, : self.end], self.v[layer_idx][:, :, : self.end]
+            keys[rows, :, positions] = k.transpose(1, 2)
+            values[rows, :, positions] = v.transpose(1, 2)
+        return keys[:, :, : self.end], values[:, :, : self.end]

@@ -28,6 +28,7 @@ from tokenmill.atomic import atomic_dir, write_json, write_text
 from tokenmill.device import autocast, autocast_dtype
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
+from tokenmill.model.generate import fit_context, generate
 from tokenmill.model.io import build_model
 from tokenmill.model.plan import flops_per_token, parameter_counts
 from tokenmill.pretrain.checkpoint import Checkpointer, export_model
@@ -38,7 +39,6 @@ from tokenmill.pretrain.guard import is_spike, remember, skip_range
 from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
 from tokenmill.pretrain.parallelize import Parallel, parallelize
 from tokenmill.pretrain.report import chinchilla, peak_flops, write_figures
-from tokenmill.pretrain.sample import generate
 from tokenmill.pretrain.schedule import lr_at
 from tokenmill.pretrain.state import TrainState
 from tokenmill.tokenizer.dataset import TokenDataset
@@ -353,12 +353,16 @@ class Trainer:
         return loss_sum / count
 
     def _sample(self, step: int) -> None:
-        prompt, tok = self.config.sample_prompt, self.tokenizer
+        """Greedy, or top-k (Fan et al., 2018), drawn from a generator of its own: sampling never
+        moves the training RNG (a resumed run must see the same dropout masks)."""
+        prompt, tok, top_k = self.config.sample_prompt, self.tokenizer, self.config.sample_top_k
         ids = ([tok.bos_id] + tok.encode(prompt)) if tok is not None else [1]
-        self.par.train(False)
-        new = generate(self.par.model, ids, self.config.sample_tokens, self.batch.seq_len, self.config.sample_top_k,
-                       self.config.seed + step, self.d.device, self.amp)
-        self.par.train(True)
+        ids, n_tokens = fit_context(ids, self.config.sample_tokens, self.batch.seq_len)
+        generator = torch.Generator(device=self.d.device).manual_seed(self.config.seed + step)
+        with self.amp():
+            out = generate(self.par.model, [ids], n_tokens, temperature=1.0 if top_k else 0.0, top_k=top_k or 0,
+                           generator=generator)
+        new = out.response_ids(0)
         text = tok.decode(new) if tok is not None else " ".join(map(str, new))
         self.log.write("samples.jsonl", {"step": step, "prompt": prompt, "text": text})
 

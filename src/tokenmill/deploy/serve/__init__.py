@@ -3,12 +3,13 @@
     block_manager.py  blocks of the KV-cache pool, block tables, prefix sharing, copy-on-write
     scheduler.py      which sequences run in each step: continuous batching, chunked prefill, preemption
     runner.py         one forward pass over the batch, keys and values read and written through block tables
-    sampling.py       sampling parameters and the sampler
     sequence.py       a request's sequences, their incremental text and stop conditions
     engine.py         Engine (step by step) and AsyncEngine (a thread of its own, fed from asyncio)
     protocol.py       the OpenAI request bodies
     server.py         the FastAPI app: /v1/models, /v1/completions, /v1/chat/completions, /health, /metrics
     cli.py            `tokenmill serve MODEL_DIR`
+
+The sampling parameters and the sampler are the model package's (tokenmill.model.sampling).
 
 Nothing here is imported by `import tokenmill.deploy.serve`: torch and FastAPI load on use.
 """

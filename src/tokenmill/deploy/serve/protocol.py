@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tokenmill.deploy.serve.sampling import SamplingParams
+from tokenmill.model.sampling import SamplingParams
 
 
 class APIError(Exception):

@@ -18,7 +18,7 @@ from enum import Enum
 
 import torch
 
-from tokenmill.deploy.serve.sampling import SamplingParams, TokenLogprob
+from tokenmill.model.sampling import SamplingParams, TokenLogprob
 from tokenmill.tokenizer import Tokenizer
 
 INCOMPLETE = "\ufffd"  # what a decoder gives for bytes that are not yet a whole character

@@ -31,7 +31,7 @@ from tokenmill.deploy.serve.engine import AsyncEngine, RequestOutput
 from tokenmill.deploy.serve.protocol import (
     APIError, ChatCompletionRequest, CompletionRequest, chat_messages, parse,
 )
-from tokenmill.deploy.serve.sampling import SamplingParams, TokenLogprob
+from tokenmill.model.sampling import SamplingParams, TokenLogprob
 from tokenmill.errors import TokenmillError
 
 

@@ -1,4 +1,5 @@
-"""From a row of logits to the next token: the sampling parameters of a request and the sampler.
+"""From a row of logits to the next token: the sampling parameters and the sampler, shared by
+batched generation (generate.py) and the serving engine (tokenmill.deploy.serve).
 
 The order is the usual one (transformers, vLLM): penalties on the raw logits, then the
 temperature, then top-k and top-p (nucleus; Holtzman et al., 2020) cut the distribution, then

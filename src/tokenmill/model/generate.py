@@ -1,4 +1,5 @@
-"""Batched sampling through the KV cache, for PPO rollouts, win rates and constitutional AI.
+"""Batched sampling through the KV cache: the one generation path of pre-training and SFT
+samples, PPO rollouts, win rates, constitutional AI and the quantization report's decoding speed.
 
     out = generate(model, prompts, max_new_tokens=48, temperature=1.0, stop_ids={tok.end_id, tok.eos_id})
     out.sequences[i]            # prompt i, its response, then pad ids
@@ -10,6 +11,10 @@ first new token then goes to the position right after its prompt, overwriting th
 in the cache, and the causal mask over positions hides the slots it has not rewritten yet. So a
 row's sequence is exactly what one forward pass over `sequences[i]` sees, which is how PPO
 scores it afterwards.
+
+Given a `generator`, the draws come from it alone and never move torch's global RNG, so a
+sample taken during training leaves the training's random stream (dropout, data order) as it was.
+Autocast, when wanted, is the caller's: `with torch.autocast(...): generate(...)`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenmill.deploy.serve.sampling import SamplingParams, warp
 from tokenmill.errors import TokenmillError
 from tokenmill.model.kv_cache import KVCache
+from tokenmill.model.sampling import SamplingParams, warp
 from tokenmill.model.transformer import Transformer
 
 
@@ -89,11 +94,12 @@ def generate(
     response_lengths = torch.zeros(batch, dtype=torch.long, device=device)
     stopped = torch.zeros(batch, dtype=torch.bool, device=device)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    can_stop = len(stops) > 0  # without stop ids, no step waits on the device to ask whether all rows stopped
     rows = torch.arange(batch, device=device)
 
     was_training = model.training
     model.eval()
-    cache = KVCache(model.config, batch, total, device, next(model.parameters()).dtype)
+    cache = KVCache(model.config, batch, total)
     logits = model(sequences[:, :longest], cache=cache)[rows, prompt_lengths - 1].float()
     position = prompt_lengths.clone()  # where each row's next token goes
     for step in range(max_new_tokens):
@@ -110,7 +116,7 @@ def generate(
         logprobs[rows, position] = torch.where(live, logits.log_softmax(-1)[rows, token], 0.0)
         response_lengths += live.long()
         stopped |= live & torch.isin(token, stops)
-        if bool(stopped.all()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or (can_stop and bool(stopped.all())):
             break
         logits = model(token[:, None], positions=position[:, None], cache=cache)[:, -1].float()
         position += 1
@@ -118,9 +124,11 @@ def generate(
     return Generation(sequences, prompt_lengths, response_lengths, logprobs, stopped)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[Sequence[dict]], max_tokens: int) -> tuple[list[list[int]], int]:
-    """The chat-template ids of each prompt, ready for the assistant's answer, keeping those of at
-    most `max_tokens` tokens; and how many were too long."""
-    ids = [tokenizer.encode_chat(p, add_generation_prompt=True).ids for p in prompts]
-    kept = [x for x in ids if len(x) <= max_tokens]
-    return kept, len(ids) - len(kept)
+def fit_context(prompt: Sequence[int], max_new_tokens: int, context: int) -> tuple[list[int], int]:
+    """`prompt` and a number of new tokens that fit `context` together: the prompt's last
+    `context - 1` tokens at most, then as many new tokens as still fit (at most `max_new_tokens`).
+    Samples stop where the context ends rather than slide a window past it."""
+    if context < 2:
+        raise TokenmillError(f"a context of {context} tokens leaves no room for a prompt and a new token")
+    kept = list(prompt[-(context - 1) :])
+    return kept, min(max_new_tokens, context - len(kept))
