@@ -23,12 +23,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tokenmill.deploy.quant import linear as quant_linear
 from tokenmill.deploy.quant.calib import calibration_ids
 from tokenmill.deploy.quant.evaluate import compare
-from tokenmill.deploy.quant.linear import QuantLinear
-from tokenmill.deploy.quant.rtn import Scheme, rtn
+from tokenmill.deploy.quant.rtn import rtn
 from tokenmill.model.config import read_config
+from tokenmill.model.quant import linear as quant_linear
+from tokenmill.model.quant.grid import Scheme
+from tokenmill.model.quant.linear import QuantLinear
 from tokenmill.tokenizer.dataset import TokenDataset
 
 

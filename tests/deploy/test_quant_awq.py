@@ -7,10 +7,11 @@ import torch
 import torch.nn as nn
 
 from tokenmill.deploy.quant.awq import ScalingGroup, apply_scale, clip_weight, scaling_groups, search_clip, search_scale
-from tokenmill.deploy.quant.linear import QuantLinear
 from tokenmill.deploy.quant.quantize import quantize_model
-from tokenmill.deploy.quant.rtn import Scheme, fake_quantize, rtn
+from tokenmill.deploy.quant.rtn import fake_quantize, rtn
 from tokenmill.model import build_model, load_preset, tiny
+from tokenmill.model.quant.grid import Scheme
+from tokenmill.model.quant.linear import QuantLinear
 
 
 # Pre-norm with SwiGLU and GQA, LayerNorm with biases and GELU, one shared norm and MQA (Falcon),

@@ -9,8 +9,9 @@ import torch
 
 from tokenmill.deploy.quant.gptq import Hessian, gptq_quantize, inverse_hessian_factor
 from tokenmill.deploy.quant.quantize import quantize_model
-from tokenmill.deploy.quant.rtn import Scheme, dequantize_matrix, rtn
+from tokenmill.deploy.quant.rtn import rtn
 from tokenmill.model import build_model, load_preset, tiny
+from tokenmill.model.quant.grid import Scheme, dequantize_matrix
 
 
 def correlated_inputs(seed: int, n: int = 1024, d: int = 256) -> torch.Tensor:

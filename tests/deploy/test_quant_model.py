@@ -17,12 +17,13 @@ from tokenmill.deploy.quant import QuantizeConfig, quantize_stage
 from tokenmill.deploy.quant.calib import calibration_ids
 from tokenmill.deploy.quant.cli import register
 from tokenmill.deploy.quant.evaluate import layer_bytes
-from tokenmill.deploy.quant.io import load_quantized, read_quantization, save_quantized
-from tokenmill.deploy.quant.linear import QuantLinear
 from tokenmill.deploy.quant.quantize import quantize_model, scheme_for
+from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.errors import TokenmillError
 from tokenmill.model import build_model, load_model, load_preset, save_model, tiny
 from tokenmill.model.generate import generate
+from tokenmill.model.quant.io import load_quantized, read_quantization
+from tokenmill.model.quant.linear import QuantLinear
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 from tokenmill.tokenizer.tokens import TokenShardWriter

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenmill.deploy.quant.linear import QuantLinear
-from tokenmill.deploy.quant.pack import pack_int4, unpack_int4
-from tokenmill.deploy.quant.rtn import Scheme, dequantize_matrix, fake_quantize, grid_params, rtn
+from tokenmill.deploy.quant.rtn import fake_quantize, grid_params, rtn
+from tokenmill.model.quant.grid import Scheme, dequantize_matrix
+from tokenmill.model.quant.linear import QuantLinear
+from tokenmill.model.quant.pack import pack_int4, unpack_int4
 
 SCHEMES = [
     Scheme(8, None, True), Scheme(8, None, False), Scheme(8, 32, True),

@@ -182,10 +182,10 @@ def test_requests_the_engine_cannot_serve_are_refused(tokenizer, model):
 
 @pytest.mark.parametrize("method", ["int8", "rtn4"])
 def test_a_quantized_model_folder_serves_its_own_greedy_tokens(tokenizer, tmp_path, monkeypatch, method):
-    from tokenmill.deploy.quant.io import save_quantized
-    from tokenmill.deploy.quant.linear import QuantLinear
     from tokenmill.deploy.quant.quantize import quantize_model, scheme_for
+    from tokenmill.deploy.quant.save import save_quantized
     from tokenmill.model import load_model
+    from tokenmill.model.quant.linear import QuantLinear
 
     fp = tiny_model(tokenizer)
     save_quantized(fp, tmp_path, quantize_model(fp, method, scheme_for(method, 32)))

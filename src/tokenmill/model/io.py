@@ -96,7 +96,7 @@ def load_model(
     unless `dtype` is given. `model(input_ids)` returns logits (batch, seq, vocab)."""
     folder = Path(folder)
     if (folder / "quantization.json").is_file():  # a quantized model (stage 08)
-        from tokenmill.deploy.quant.io import load_quantized
+        from tokenmill.model.quant.io import load_quantized
         return load_quantized(folder, device, dtype)
     config = read_config(folder)
     path, state = read_weights(folder, device)

@@ -1,9 +1,9 @@
 """Weight-only quantization (stage 08, part I): INT8 and INT4, round-to-nearest, GPTQ and AWQ.
 
-    from tokenmill.deploy.quant import quantize_model, save_quantized, load_quantized
+    from tokenmill.deploy.quant import quantize_model, save_quantized, scheme_for
     info = quantize_model(model, "gptq", scheme_for("gptq"), calib_ids)   # linears -> QuantLinear, in place
     save_quantized(model, "out/int4", info)
-    model = load_quantized("out/int4")     # tokenmill.model.load_model does the same for such a folder
+    model = tokenmill.model.load_model("out/int4")   # the format, QuantLinear included, is tokenmill.model.quant's
 
 See docs/quantization.md. The names below load torch only when first used.
 """
@@ -14,13 +14,10 @@ from importlib import import_module
 from typing import Any
 
 _LAZY = {
-    "Scheme": "tokenmill.deploy.quant.rtn",
-    "QuantLinear": "tokenmill.deploy.quant.linear",
     "quantize_model": "tokenmill.deploy.quant.quantize",
     "scheme_for": "tokenmill.deploy.quant.quantize",
     "METHODS": "tokenmill.deploy.quant.quantize",
-    "save_quantized": "tokenmill.deploy.quant.io",
-    "load_quantized": "tokenmill.deploy.quant.io",
+    "save_quantized": "tokenmill.deploy.quant.save",
     "calibration_ids": "tokenmill.deploy.quant.calib",
     "quantize_stage": "tokenmill.deploy.quant.stage",
 }

@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tokenmill.deploy.quant.calib import BlockInputs, block_inputs
-from tokenmill.deploy.quant.rtn import Scheme, dequantize, fake_quantize, find_params, quantize
+from tokenmill.deploy.quant.rtn import fake_quantize, find_params, quantize
 from tokenmill.model.config import ModelConfig
+from tokenmill.model.quant.grid import Scheme, dequantize
 
 
 @dataclass

@@ -23,12 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tokenmill.deploy.quant.io import folder_bytes, save_quantized
-from tokenmill.deploy.quant.linear import QuantLinear
 from tokenmill.deploy.quant.quantize import CALIBRATED, quantize_model, scheme_for
+from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.figures import bar_chart_svg, human_bytes
 from tokenmill.model.generate import generate
-from tokenmill.model.io import copy_tokenizer, load_model, save_model
+from tokenmill.model.io import WEIGHTS, copy_tokenizer, load_model, save_model
+from tokenmill.model.quant.linear import QuantLinear
 
 # Row name -> quantization method (None: the unquantized model in that dtype).
 VARIANTS = {"fp32": None, "bf16": None, "int8": "int8", "int4-rtn": "rtn4", "int4-gptq": "gptq", "int4-awq": "awq"}
@@ -90,6 +90,11 @@ def layer_bytes(model: nn.Module) -> tuple[int, int]:
             stored += module.weight.numel() * module.weight.element_size()
             fp32 += 4 * module.weight.numel()
     return stored, fp32
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Size of the weights file of a model folder."""
+    return (Path(folder) / WEIGHTS).stat().st_size
 
 
 def measure(model: nn.Module, folder: Path, val, batch_sizes: tuple[int, ...], decode_tokens: int, eval_batch_size: int,

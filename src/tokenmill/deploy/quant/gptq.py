@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 
 from tokenmill.deploy.quant.calib import block_inputs, linears_of
-from tokenmill.deploy.quant.rtn import Scheme, dequantize, dequantize_matrix, find_params, grid_params, quantize
+from tokenmill.deploy.quant.rtn import find_params, grid_params, quantize
 from tokenmill.errors import TokenmillError
+from tokenmill.model.quant.grid import Scheme, dequantize, dequantize_matrix
 
 MAX_DAMP = 10.0  # ten times the mean diagonal: a Hessian this far from positive definite is not data
 

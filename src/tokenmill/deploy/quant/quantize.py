@@ -21,9 +21,11 @@ import torch.nn as nn
 
 from tokenmill.deploy.quant.awq import awq_model
 from tokenmill.deploy.quant.gptq import gptq_model
-from tokenmill.deploy.quant.linear import QuantLinear
-from tokenmill.deploy.quant.rtn import Scheme, rtn
+from tokenmill.deploy.quant.rtn import rtn
 from tokenmill.errors import TokenmillError
+from tokenmill.model.quant.grid import Scheme
+from tokenmill.model.quant.io import replace_linear
+from tokenmill.model.quant.linear import QuantLinear
 
 METHODS = ("int8", "rtn4", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")
@@ -40,11 +42,6 @@ def scheme_for(method: str, group_size: int | None = 128, symmetric: bool = True
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every linear layer inside the transformer blocks, by its name in the model."""
     return {f"layers.{name}": m for name, m in model.layers.named_modules() if isinstance(m, nn.Linear)}
-
-
-def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, new)
 
 
 @torch.no_grad()

@@ -1,53 +1,22 @@
-"""The quantization grid, and round-to-nearest (RTN) onto it: the baseline that GPTQ and AWQ improve on.
+"""Round-to-nearest (RTN) onto the quantization grid: the baseline that GPTQ and AWQ improve on.
 
-A weight row is cut into groups of `group_size` input columns (one group per row: per-channel).
-Each group has a scale and a zero point, and a weight is stored as an unsigned code of `bits`
-bits:
-
-    w ≈ (code - zero) · scale
-
+The grid, w ≈ (code - zero) · scale per group of input columns, is the model package's
+(tokenmill.model.quant.grid); this module chooses its scales and zeros and rounds onto it.
 Symmetric: zero = 2^(bits-1) and scale = max|w| / (2^(bits-1) - 1), so the grid is ±max|w|
 and 0 is exact (the lowest code is left unused to keep the grid symmetric). Asymmetric:
 scale = (max - min) / (2^bits - 1) over the group's range widened to include 0, and zero =
-round(-min / scale), as in GPTQ's quantizer. Scales are stored in float16 (as GPTQ and AWQ
-checkpoints do) and rounded up to it before the codes are chosen, so that the codes fit the
-stored scale and max|w| never clips.
+round(-min / scale), as in GPTQ's quantizer. Scales are rounded up to float16, the stored
+dtype, before the codes are chosen, so that the codes fit the stored scale and max|w| never
+clips.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-SCALE_DTYPE = torch.float16
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """How a weight matrix is quantized: 8 or 4 bits, group size (None: per output channel), symmetric or not."""
-
-    bits: int
-    group_size: int | None = 128
-    symmetric: bool = True
-
-    def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ValueError(f"bits must be 4 or 8, got {self.bits}")
-        if self.group_size is not None and self.group_size < 1:
-            raise ValueError(f"group_size must be positive or None (per-channel), got {self.group_size}")
-
-    @property
-    def max_code(self) -> int:
-        return 2**self.bits - 1
-
-    def group(self, in_features: int) -> int:
-        """The group size used on a layer of `in_features` inputs (a group never exceeds a row)."""
-        return in_features if self.group_size is None else min(self.group_size, in_features)
-
-    def n_groups(self, in_features: int) -> int:
-        return math.ceil(in_features / self.group(in_features))
+from tokenmill.model.quant.grid import SCALE_DTYPE, Scheme, dequantize_matrix, expand_groups
 
 
 def find_params(w: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,16 +44,6 @@ def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, scheme: S
     return q.clamp(0, scheme.max_code).to(torch.uint8)
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """(code - zero) · scale in float32: the one formula every path of this package uses."""
-    return (codes.float() - zero.float()) * scale.float()
-
-
-def expand_groups(t: torch.Tensor, group: int, in_features: int) -> torch.Tensor:
-    """Per-group values (out, n_groups) repeated over the columns of each group: (out, in_features)."""
-    return t.repeat_interleave(group, dim=1)[:, :in_features]
-
-
 def grid_params(w: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor]:
     """Scales and zeros (out, n_groups) of a weight matrix (out, in)."""
     out, n = w.shape
@@ -100,17 +59,6 @@ def rtn(w: torch.Tensor, scheme: Scheme) -> tuple[torch.Tensor, torch.Tensor, to
     group = scheme.group(w.shape[1])
     codes = quantize(w, expand_groups(scale, group, w.shape[1]), expand_groups(zero, group, w.shape[1]), scheme)
     return codes, scale, zero
-
-
-def dequantize_matrix(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, scheme: Scheme) -> torch.Tensor:
-    """The float32 weight matrix that codes (out, in) and per-group scales and zeros stand for."""
-    out, n = codes.shape
-    group = scheme.group(n)
-    if n % group:
-        return dequantize(codes, expand_groups(scale, group, n), expand_groups(zero, group, n))
-    # Broadcast each group's scale and zero over a view instead of materialising them per weight.
-    grouped = dequantize(codes.view(out, n // group, group), scale[..., None], zero[..., None])
-    return grouped.view(out, n)
 
 
 def fake_quantize(w: torch.Tensor, scheme: Scheme) -> torch.Tensor:

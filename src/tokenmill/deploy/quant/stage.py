@@ -12,9 +12,9 @@ from tqdm import tqdm
 from tokenmill.atomic import write_json, write_text
 from tokenmill.deploy.quant.calib import calibration_ids
 from tokenmill.deploy.quant.config import QuantizeConfig
-from tokenmill.deploy.quant.evaluate import VARIANTS, compare, layer_bytes, report_charts
-from tokenmill.deploy.quant.io import folder_bytes, save_quantized
+from tokenmill.deploy.quant.evaluate import VARIANTS, compare, folder_bytes, layer_bytes, report_charts
 from tokenmill.deploy.quant.quantize import CALIBRATED, quantize_model, scheme_for
+from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.errors import TokenmillError
 from tokenmill.figures import bar_chart_svg
 from tokenmill.model.config import read_config

@@ -5,7 +5,7 @@ linear `layers.3.ffn.w2`, `layers.3.ffn.w2.qweight`, `.scales`, `.qzeros` (asymm
 `.bias` (when it has one), laid out as linear.py describes. quantization.json says how: the
 method, bits, group size, symmetry, the layers, and what the method recorded (calibration,
 GPTQ's damping per layer, AWQ's scaling exponents). `tokenmill.model.load_model` reads such a
-folder through `load_quantized`.
+folder through `load_quantized`; tokenmill.deploy.quant writes it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
-from tokenmill.atomic import write_json, write_text
-from tokenmill.deploy.quant.linear import QuantLinear
-from tokenmill.deploy.quant.quantize import replace_linear
-from tokenmill.deploy.quant.rtn import Scheme
 from tokenmill.errors import TokenmillError
-from tokenmill.model.config import config_json, read_config
-from tokenmill.model.io import WEIGHTS, load_state, read_weights, state_dict_for_saving, write_weights
+from tokenmill.model.config import read_config
+from tokenmill.model.io import load_state, read_weights
+from tokenmill.model.quant.grid import Scheme
+from tokenmill.model.quant.linear import QuantLinear
 from tokenmill.model.transformer import Transformer
 
 QUANTIZATION = "quantization.json"
@@ -37,19 +36,14 @@ LAYOUT = {
 }
 
 
-def save_quantized(model: Transformer, folder: str | Path, info: dict) -> Path:
-    """Write model.json, model.safetensors and quantization.json (`info` from quantize_model, plus
-    anything the caller adds, e.g. the calibration set)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    modules = sorted(name for name, m in model.named_modules() if isinstance(m, QuantLinear))
-    write_weights(state_dict_for_saving(model), folder / WEIGHTS)
-    write_text(folder / "model.json", config_json(model.config))
-    write_json(folder / QUANTIZATION, {"format": FORMAT, "version": VERSION, **info, "layout": LAYOUT, "modules": modules})
-    return folder
+def replace_linear(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` in the place of the submodule called `name` (e.g. `layers.3.ffn.w2`)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
 
 
 def read_quantization(folder: str | Path) -> dict:
+    """The contents of a folder's quantization.json, checked to be a format and version this code reads."""
     path = Path(folder) / QUANTIZATION
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
@@ -77,7 +71,3 @@ def load_quantized(folder: str | Path, device: torch.device | str | None = None,
             replace_linear(model, name, QuantLinear(linear.in_features, linear.out_features, scheme, linear.bias is not None))
     return load_state(model, state, path).eval()
 
-
-def folder_bytes(folder: str | Path) -> int:
-    """Size of the weights file of a model folder."""
-    return (Path(folder) / WEIGHTS).stat().st_size

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tokenmill.deploy.quant.pack import pack_int4, unpack_int4
-from tokenmill.deploy.quant.rtn import SCALE_DTYPE, Scheme, dequantize_matrix
+from tokenmill.model.quant.grid import SCALE_DTYPE, Scheme, dequantize_matrix
+from tokenmill.model.quant.pack import pack_int4, unpack_int4
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # PyTorch's CPU weight-only kernels are matrix-vector products: faster than dequantizing for one
