@@ -12,7 +12,12 @@ import httpx
 import pytest
 from serve_helpers import NAME, LiveServer
 
-from tokenmill.deploy.serve.engine import AsyncEngine, Engine, EngineConfig, RequestFailed
+from tokenmill.deploy.serve.engine import (
+    AsyncEngine,
+    Engine,
+    EngineConfig,
+    RequestFailed,
+)
 from tokenmill.deploy.serve.sampling import SamplingParams
 from tokenmill.deploy.serve.server import Limits
 

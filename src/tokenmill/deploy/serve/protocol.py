@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -101,7 +101,8 @@ def depth(data: Any) -> int:
 # -- the request bodies -------------------------------------------------------------------------
 
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
-TokenId = Annotated[int, Field(**INT32)]
+TOKEN_ID = "token id"
+TokenId = Annotated[int, Field(title=TOKEN_ID, **INT32)]
 
 
 class StreamOptions(BaseModel):
@@ -148,14 +149,23 @@ class _Common(BaseModel):
 
 class CompletionRequest(_Common):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)  # the API's default for completions
+    # None: the API's default for completions, 16 (or less, when the server's limit is less)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
     logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TextPart(BaseModel):
+    """A part of a message's content; text is the only kind this server reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: str
-    content: str | list[dict[str, Any]]
+    role: Literal["system", "developer", "user", "assistant"]  # developer: the API's newer name for system
+    content: str | list[TextPart]
     name: str | None = None  # accepted and unused
 
 
@@ -190,23 +200,38 @@ def _union_branch(part: str | int) -> bool:
 
 def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
     """The messages as the chat template takes them: text content, roles system/user/assistant."""
-    messages = []
-    for i, m in enumerate(request.messages):
-        content = m.content
-        if isinstance(content, list):
-            if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in content):
-                raise APIError(400, f"messages[{i}].content: only text parts are supported",
-                               param=f"messages.{i}.content")
-            content = "".join(part["text"] for part in content)
-        role = "system" if m.role == "developer" else m.role  # the API's newer name for the system role
-        messages.append({"role": role, "content": content})
-    return messages
+    return [{"role": "system" if m.role == "developer" else m.role,
+             "content": m.content if isinstance(m.content, str) else "".join(part.text for part in m.content)}
+            for m in request.messages]
 
 
-def request_body_schema(model: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+def request_body_schema(model: type[BaseModel], served: str, limits: Limits, max_tokens: int, vocab_size: int
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The OpenAPI requestBody of a route that reads `model` from its raw body itself (strictly,
-    see `loads`), and the component schemas it refers to."""
+    see `loads`), and the component schemas it refers to; with this server's own bounds, so that
+    the schema says what it accepts: its model's name, n, max_tokens, token ids in its vocabulary."""
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
-    body = {"required": True, "content": {"application/json": {"schema": schema}}}
-    return body, defs
+    fields = schema["properties"]
+    fields["model"]["enum"] = [served]
+    fields["n"]["maximum"] = limits.max_n
+    for branch in fields.get("prompt", {}).get("anyOf", []):
+        if branch.get("type") == "array" and branch["items"].get("type") in ("string", "array"):
+            branch["maxItems"] = limits.max_seqs_per_request  # prompts, each one sequence at least
+    for name in ("max_tokens", "max_completion_tokens"):
+        for branch in fields.get(name, {}).get("anyOf", []):
+            if branch.get("type") == "integer":
+                branch["maximum"] = max_tokens
+
+    def token_ids(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("title") == TOKEN_ID:
+                node["maximum"] = vocab_size - 1
+            for child in node.values():
+                token_ids(child)
+        elif isinstance(node, list):
+            for child in node:
+                token_ids(child)
+
+    token_ids(schema)
+    return {"required": True, "content": {"application/json": {"schema": schema}}}, defs

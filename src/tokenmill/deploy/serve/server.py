@@ -59,6 +59,8 @@ from tokenmill.errors import TokenmillError
 
 logger = logging.getLogger(__name__)
 
+COMPLETION_MAX_TOKENS = 16  # the OpenAI API's default max_tokens for completions
+
 __all__ = ["Limits", "Server", "create_app"]
 
 # Every answer a route may give besides its 200, for the OpenAPI schema.
@@ -106,11 +108,14 @@ class Server:
             raise APIError(400, f"{prompts} prompts × n = {n} is {prompts * n} sequences; this server allows at "
                                 f"most {self.limits.max_seqs_per_request} in one request", param="prompt")
 
-    def max_tokens(self, requested: int | None, prompt_len: int) -> int:
+    def max_tokens(self, requested: int | None, prompt_len: int, default: int | None = None) -> int:
+        """`requested`, within the limit; if None, `default` or the rest of the context, within the limit."""
         limit = self.limits.max_tokens or self.context_length
         if requested is not None and requested > limit:
             raise APIError(400, f"max_tokens is {requested}; this server allows at most {limit}", param="max_tokens")
-        return requested if requested is not None else max(1, min(limit, self.context_length - prompt_len))
+        if requested is not None:
+            return requested
+        return max(1, min(limit, self.context_length - prompt_len, default or self.context_length))
 
     def check_prompt(self, ids: list[int], params: SamplingParams, param: str) -> None:
         limit = self.limits.max_prompt_tokens or self.context_length - 1
@@ -223,7 +228,9 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         server.check_model(name)
         return model_card()
 
-    completion_body, completion_defs = request_body_schema(CompletionRequest)
+    bounds = (model_name, server.limits, server.limits.max_tokens or server.context_length,
+              engine.engine.model.config.vocab_size)
+    completion_body, completion_defs = request_body_schema(CompletionRequest, *bounds)
     generate_answers = {200: {"content": {"application/json": {}, "text/event-stream": {}}},
                         **{s: e for s, e in ERRORS.items()}}
 
@@ -233,7 +240,8 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         server.check_model(body.model)
         server.check_n(body.n, prompt_count(body.prompt))
         prompts = tokenize_prompts(server, body.prompt)
-        params = server.sampling_params(body, server.max_tokens(body.max_tokens, max(map(len, prompts))), body.logprobs)
+        max_tokens = server.max_tokens(body.max_tokens, max(map(len, prompts)), COMPLETION_MAX_TOKENS)
+        params = server.sampling_params(body, max_tokens, body.logprobs)
         for i, ids in enumerate(prompts):
             server.check_prompt(ids, params, "prompt" if len(prompts) == 1 else f"prompt.{i}")
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -277,7 +285,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
             for index, c in choices.items()
         ], "usage": counts})
 
-    chat_body, chat_defs = request_body_schema(ChatCompletionRequest)
+    chat_body, chat_defs = request_body_schema(ChatCompletionRequest, *bounds)
 
     @app.post("/v1/chat/completions", openapi_extra={"requestBody": chat_body}, responses=generate_answers)
     async def chat_completions(request: Request) -> Response:
