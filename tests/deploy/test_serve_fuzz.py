@@ -39,7 +39,7 @@ def api(engine):
         stops the app around every call, the engine lives as long as the module."""
         if scope["type"] != "lifespan":
             return await app(scope, receive, send)
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
 
