@@ -1,11 +1,23 @@
-"""Helpers of the serving tests: test texts, tiny models of several architectures, a plain greedy loop."""
+"""Helpers of the serving tests: test texts, tiny models of several architectures, a plain greedy loop,
+and the server on a free loopback port."""
 
 from __future__ import annotations
 
-import torch
+import socket
+import threading
+import time
 
-from tokenmill.model import ModelConfig, build_model
+import httpx
+import openai
+import torch
+import uvicorn
+
+from tokenmill.deploy.serve.engine import AsyncEngine, Engine, EngineConfig
+from tokenmill.deploy.serve.server import Limits, create_app
+from tokenmill.model import ModelConfig, build_model, load_model
 from tokenmill.tokenizer import Tokenizer
+
+NAME = "tiny-llama"
 
 # Written for these tests: a shared system prompt, and text in more than one script so that
 # some tokens are parts of a character.
@@ -44,3 +56,54 @@ def reference_greedy(model, prompt: list[int], max_tokens: int, stop_ids: set[in
         if token in stop_ids:
             break
     return ids[len(prompt):]
+
+
+class LiveServer:
+    """`create_app` under a real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, model_dir, engine_config: EngineConfig, limits: Limits, api_key: str | None = None,
+                 **app_options) -> None:
+        # Loaded as `tokenmill serve` loads it: the model folder holds model and tokenizer.
+        self.tokenizer = Tokenizer.load(model_dir)
+        self.model = load_model(model_dir, device="cpu")
+        self.engine = AsyncEngine(Engine(self.model, self.tokenizer, engine_config))
+        self.api_key = api_key
+        self.app = create_app(self.engine, NAME, api_key=api_key, limits=limits, **app_options)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))  # a free port
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self, api_key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key or self.api_key or "none", max_retries=0,
+                             timeout=60)
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(f"{self.url}/metrics", headers=self.headers).text
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
+
+    def wait_idle(self) -> dict[str, float]:
+        """The metrics once nothing runs or waits (aborts reach the engine a moment after the disconnect)."""
+        for _ in range(500):
+            m = self.metrics()
+            if m["tokenmill_requests_running"] == m["tokenmill_requests_waiting"] == 0:
+                return m
+            time.sleep(0.02)
+        raise AssertionError(f"the engine did not become idle: {m}")
+
+    def all_blocks_free(self) -> bool:
+        blocks = self.engine.engine.blocks
+        return blocks.num_free_blocks == blocks.num_usable_blocks and not any(blocks.ref) and not blocks.tables
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

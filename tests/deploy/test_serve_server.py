@@ -6,69 +6,25 @@ import argparse
 import asyncio
 import json
 import random
-import socket
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from serve_helpers import EXTRA, reference_greedy
+from serve_helpers import EXTRA, NAME, LiveServer, reference_greedy
 
 from tokenmill.deploy.serve import cli
-from tokenmill.deploy.serve.engine import AsyncEngine, Engine, EngineConfig
-from tokenmill.deploy.serve.server import Limits, create_app
+from tokenmill.deploy.serve.engine import EngineConfig
+from tokenmill.deploy.serve.server import Limits
 from tokenmill.errors import TokenmillError
-from tokenmill.model import load_model
-from tokenmill.tokenizer import Tokenizer
 
 KEY = "test-key-0123456789"
-NAME = "tiny-llama"
-
-
-class LiveServer:
-    def __init__(self, model_dir, engine_config: EngineConfig, limits: Limits) -> None:
-        # Loaded as `tokenmill serve` loads it: the model folder holds model and tokenizer.
-        self.tokenizer = Tokenizer.load(model_dir)
-        self.model = load_model(model_dir, device="cpu")
-        self.engine = AsyncEngine(Engine(self.model, self.tokenizer, engine_config))
-        app = create_app(self.engine, NAME, api_key=KEY, limits=limits)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))  # a free port
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-
-    def client(self, api_key: str = KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=60)
-
-    def metrics(self) -> dict[str, float]:
-        text = httpx.get(f"{self.url}/metrics").text
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line and line[0] != "#"}
-
-    def wait_idle(self) -> dict[str, float]:
-        """The metrics once nothing runs or waits (aborts reach the engine a moment after the disconnect)."""
-        for _ in range(500):
-            m = self.metrics()
-            if m["tokenmill_requests_running"] == m["tokenmill_requests_waiting"] == 0:
-                return m
-            time.sleep(0.02)
-        raise AssertionError(f"the engine did not become idle: {m}")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def live(model_dir):
     # 59 blocks of 16 tokens: 32 streams of up to ~60 tokens do not all fit, so the load test preempts.
     config = EngineConfig(num_blocks=60, block_size=16, max_num_seqs=32, max_num_batched_tokens=256)
-    server = LiveServer(model_dir, config, Limits(max_body_bytes=20_000, max_n=4, max_tokens=100))
+    server = LiveServer(model_dir, config, Limits(max_body_bytes=20_000, max_n=4, max_tokens=100), api_key=KEY)
     yield server
     server.stop()
     assert not server.engine.alive  # the engine thread stops with the server
@@ -175,7 +131,8 @@ def test_errors_are_openai_errors_and_the_server_recovers(live):
     headers = {"Authorization": f"Bearer {KEY}"}
     big = httpx.post(f"{live.url}/v1/completions", headers=headers, json={"model": NAME, "prompt": "x" * 30_000})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
-    bad = httpx.post(f"{live.url}/v1/completions", headers=headers, content=b"{not json")
+    bad = httpx.post(f"{live.url}/v1/completions", headers={**headers, "Content-Type": "application/json"},
+                     content=b"{not json")
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
     # And after all that, a plain request still works.
     assert client.completions.create(model=NAME, prompt="x", max_tokens=3, temperature=0).choices[0].finish_reason

@@ -12,10 +12,12 @@ from tokenmill.errors import TokenmillError
 from tokenmill.explorer.app import explorer_app, mount_explorer
 from tokenmill.explorer.stages import latest_model
 
+LOCAL = "http://localhost"  # the explorer answers to loopback names only
+
 
 @pytest.fixture(scope="module")
 def client(tiny_run):
-    return TestClient(explorer_app(tiny_run))
+    return TestClient(explorer_app(tiny_run), base_url=LOCAL)
 
 
 def sections(client, number: str, kind: str | None = None) -> list[dict]:
@@ -175,7 +177,7 @@ def test_alignment_of_the_run(client, tiny_run):
 
 def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     (tmp_path / "run").mkdir()
-    assert [s["text"] for s in sections(TestClient(explorer_app(tmp_path / "run")), "06")] == [
+    assert [s["text"] for s in sections(TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL), "06")] == [
         "not run: 06_align is not in this run folder yet"]
     # The folder layout stage 06 writes, filled by hand here: the panel must chart what it holds.
     root = tmp_path / "run" / "06_align"
@@ -191,7 +193,7 @@ def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     (root / "cai" / "critiques.jsonl").write_text(json.dumps(
         {"prompt": "hi", "original": "rude", "critique": "it is rude", "revision": "polite"}) + "\n")
     (root / "summary.json").write_text(json.dumps({"rm_accuracy": 0.9}))
-    c = TestClient(explorer_app(tmp_path / "run"))
+    c = TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL)
     found = sections(c, "06")
     charts = {s["src"]: s["title"] for s in found if s["type"] == "chart"}
     assert charts == {"chart/06/sft-loss.svg": "SFT loss", "chart/06/rm-accuracy.svg": "reward-model accuracy",
@@ -211,7 +213,7 @@ def test_a_rerun_of_pretraining_shows_its_own_steps_not_the_last_runs(tmp_path):
         (run / folder).mkdir(parents=True)
         (run / folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 5.0, "lr": 1e-3}) + "\n" for s in steps))
     (run / "05_pretrain" / "report.json").write_text(json.dumps({"steps": 300, "final": {"val_loss": 4.4}}))
-    c = TestClient(explorer_app(run))
+    c = TestClient(explorer_app(run), base_url=LOCAL)
 
     def shown(status: str) -> tuple[list, str]:
         (run / "manifest.json").write_text(json.dumps({"stages": {"05_pretrain": {"status": status}}}))
@@ -255,7 +257,7 @@ def test_mounted_on_the_server_with_live_engine(tiny_run, one_thread):
     folder = latest_model(tiny_run)
     engine = AsyncEngine(Engine(load_model(folder, device="cpu"), Tokenizer.load(folder), EngineConfig(num_blocks=33)))
     app = mount_explorer(create_app(engine, "tiny"), tiny_run)
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.get("/explorer", follow_redirects=False).headers["location"] == "/explorer/"
         assert c.get("/explorer/").status_code == 200
         before = c.get("/explorer/api/engine").json()
@@ -271,6 +273,61 @@ def test_mounted_on_the_server_with_live_engine(tiny_run, one_thread):
         assert after["blocks_cached_free"] >= answer["usage"]["prompt_tokens"] // 16  # its full prompt blocks stay findable
         chat = next(s for s in c.get("/explorer/api/panel/08").json()["sections"] if s["type"] == "chat")
         assert chat["attached"] and chat["model"] == "tiny"
-    # The explorer's routes are open: it is not mounted beside an API that asks for a key.
-    with pytest.raises(TokenmillError, match="does not check API keys"):
-        mount_explorer(create_app(engine, "tiny", api_key="secret"), tiny_run)
+    # Beside an API that asks for a key, the explorer asks for the same key.
+    engine = AsyncEngine(Engine(load_model(folder, device="cpu"), Tokenizer.load(folder), EngineConfig(num_blocks=33)))
+    keyed = mount_explorer(create_app(engine, "tiny", api_key="secret"), tiny_run, path="/explorer")
+    with TestClient(keyed, base_url=LOCAL) as c:
+        for path in ("/explorer/", "/explorer/api/run", "/explorer/api/engine", "/v1/models", "/metrics"):
+            assert c.get(path).status_code == 401, path
+            assert c.get(path, headers={"Authorization": "Bearer secret"}).status_code == 200, path
+
+
+def test_the_host_header_must_name_this_machine(tiny_run):
+    """DNS rebinding: a page on attacker.example that resolves its name to 127.0.0.1 is still refused."""
+    app = explorer_app(tiny_run, allowed_hosts=["explorer.example"])
+    for base in ("http://attacker.example", "http://attacker.example:8000", "http://127.0.0.1.attacker.example"):
+        r = TestClient(app, base_url=base).get("/api/run")
+        assert r.status_code == 421 and r.json()["error"]["code"] == "invalid_host", base
+    for base in (LOCAL, "http://127.0.0.1:8000", "http://[::1]:8000", "http://explorer.example:8000"):
+        assert TestClient(app, base_url=base).get("/api/run").status_code == 200, base
+
+
+def test_a_post_must_be_json(client):
+    """No cross-site form or simple request: a POST without a JSON Content-Type is refused before any route."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        r = client.post("/api/tokenize", content='{"text": "hello"}', headers={"Content-Type": content_type})
+        assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    assert client.post("/api/tokenize", json={"text": "hello"}).status_code == 200
+
+
+def test_with_a_key_every_route_needs_it_and_a_browser_keeps_it_as_a_cookie(tiny_run):
+    app = explorer_app(tiny_run, api_key="explorer-key")
+    c = TestClient(app, base_url=LOCAL)
+    for path in ("/", "/api/run", "/api/panel/01", "/static/explorer.js"):
+        assert c.get(path).status_code == 401, path
+    assert c.post("/api/tokenize", json={"text": "x"}).status_code == 401
+    assert c.get("/api/run", headers={"Authorization": "Bearer explorer-key"}).status_code == 200
+    assert c.get("/", params={"key": "wrong"}).status_code == 401
+    login = c.get("/", params={"key": "explorer-key"}, follow_redirects=False)
+    assert login.status_code == 303 and login.headers["location"] == "/"
+    # The client now holds the cookie, as a browser would: the page and its requests pass.
+    assert c.get("/").status_code == 200 and c.get("/api/run").status_code == 200
+    assert c.post("/api/tokenize", json={"text": "x"}).status_code == 200
+
+
+def test_explore_refuses_another_address_without_a_key(tmp_path):
+    import argparse
+
+    from tokenmill.explorer import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    for host in ("0.0.0.0", "192.168.1.5", "::"):
+        args = parser.parse_args(["explore", str(tmp_path / "missing"), "--host", host])
+        with pytest.raises(TokenmillError, match="--api-key"):
+            args.func(args)
+    # With a key, or on loopback, it goes on (here to the missing run folder).
+    for extra in (["--host", "0.0.0.0", "--api-key", "k"], ["--host", "127.0.0.1"], ["--host", "localhost"]):
+        args = parser.parse_args(["explore", str(tmp_path / "missing"), *extra])
+        with pytest.raises(TokenmillError, match="run folder not found"):
+            args.func(args)

@@ -10,17 +10,22 @@
     /api/engine             the serving engine's requests and KV-cache blocks, when one is attached
 
 Every route only reads. Every response forbids scripts from anywhere but the page's own files,
-and anything the page shows from a document is put in as text.
+and anything the page shows from a document is put in as text. Every request passes the
+serving API's `Guard` first: a Host header in the allow-list (DNS rebinding), JSON on a POST
+(no cross-site form), and the explorer's key when it has one (a browser keeps it as a cookie
+after opening the page once with `?key=KEY`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from tokenmill.deploy.serve.guard import Guard
 from tokenmill.errors import TokenmillError
 from tokenmill.explorer import charts
 from tokenmill.explorer.files import CONTENT_TYPES, OutsideRun, inside, read_json
@@ -46,23 +51,20 @@ def _key_figures(run_dir: Path) -> dict[str, str]:
     return {r["stage"]: r.get("figure", "") for r in rows if isinstance(r, dict) and "stage" in r}
 
 
-# The explorer's routes are open, so it is never mounted beside a key-protected API.
-KEYED_SERVER = ("the explorer does not check API keys (its charts, run files and attention maps would be open to "
-                "whoever reaches the server): serve it without an API key on a trusted address, or run "
-                "`tokenmill explore` on this machine")
-
-
 def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = None,
-                 chat_url: str = "/v1/chat/completions") -> FastAPI:
+                 chat_url: str = "/v1/chat/completions", api_key: str | None = None,
+                 allowed_hosts: Iterable[str] = ()) -> FastAPI:
     """The explorer over `run_dir`. With `engine` (an AsyncEngine) the deployment panel shows its
     requests and KV-cache blocks live, and the chat box posts to `chat_url` with `model_name`:
-    the routes of the serving app this one is mounted on (see mount_explorer)."""
+    the routes of the serving app this one is mounted on (see mount_explorer). It answers to
+    loopback names and `allowed_hosts`; with `api_key`, every route needs it."""
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise TokenmillError(f"run folder not found: {run_dir}")
     live = Live(run_dir)
     engine_info = {"attached": engine is not None, "model": model_name, "chat_url": chat_url if engine else None}
     app = FastAPI(title="tokenmill explorer", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts, api_key=api_key)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -141,12 +143,10 @@ def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = N
 def mount_explorer(app: FastAPI, run_dir: str | Path, path: str = "/explorer") -> FastAPI:
     """Mount the explorer of `run_dir` on a serving app made by `create_app`, at `path`, beside
     its API: the deployment panel then watches that app's engine and chats through its
-    /v1/chat/completions. Mounted at "/", the explorer answers every path the API does not.
-    Refused on an app with an API key (KEYED_SERVER)."""
+    /v1/chat/completions. Mounted at "/", the explorer answers every path the API does not. It
+    checks the same Host allow-list and API key as that app."""
     server = app.state.server
-    if server.api_key is not None:
-        raise TokenmillError(KEYED_SERVER)
-    explorer = explorer_app(run_dir, server.engine, model_name=server.model_name)
+    explorer = explorer_app(run_dir, server.engine, model_name=server.model_name, **app.state.guard)
     path = "/" + path.strip("/")
     if path != "/":
         # The page names its routes relative to itself, so it must be opened as PATH/.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -20,12 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:
             "your own text, attention maps on your own prompt. The run's latest model folder (quantized, "
             "else DPO, PPO, SFT, else pre-trained) is served beside it with the OpenAI API, so the page "
             "can chat with it and show the KV cache live. Reads only inside RUN_DIR; binds to 127.0.0.1 "
-            "unless --host says otherwise."
+            "unless --host says otherwise, and another address needs --api-key."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("TOKENMILL_EXPLORER_KEY"),
+                   help="require this key on every route (default: $TOKENMILL_EXPLORER_KEY, else none); needed "
+                   "to bind a --host other than loopback. A browser opens the page once as /?key=KEY and keeps "
+                   "a cookie; programs send 'Authorization: Bearer KEY'")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests with this Host header (a name or address, any port; repeatable). "
+                   "Loopback names and the --host address are always allowed")
     p.add_argument("--model", metavar="KEY", choices=("quantized", "dpo", "ppo", "sft", "pretrained"),
                    help="which model folder to serve (default: the most downstream one the run has)")
     p.add_argument("--no-serve", action="store_true", help="only the page: serve no model (no chat, no engine)")
@@ -34,10 +43,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_explore)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """The explorer shows the run's files, its models' attention and a chat with them: off this
+    machine, only with a key."""
+    if not is_loopback(host) and not api_key:
+        raise TokenmillError(
+            f"--host {host} would open the explorer (the run's files, its models, a chat) to other machines: "
+            "give it a key with --api-key KEY (or $TOKENMILL_EXPLORER_KEY), or bind to 127.0.0.1"
+        )
+
+
 def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, device: str | None = None,
-              kv_cache_mb: int | None = None):
+              kv_cache_mb: int | None = None, api_key: str | None = None, allowed_hosts: tuple[str, ...] = ()):
     """The explorer app over `run_dir`; with `serve`, mounted at "/" on the serving API of the
-    run's model folder `model_key` (default: the latest, see stages.MODEL_FOLDERS)."""
+    run's model folder `model_key` (default: the latest, see stages.MODEL_FOLDERS). It answers to
+    loopback names and `allowed_hosts`; with `api_key` every route needs it."""
     from tokenmill.explorer.app import explorer_app, mount_explorer
     from tokenmill.explorer.stages import latest_model, model_folder
 
@@ -47,7 +76,7 @@ def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, d
     if model_key and model_dir is None:
         raise TokenmillError(f"{run_dir} holds no '{model_key}' model folder")
     if model_dir is None:
-        return explorer_app(run_dir), None
+        return explorer_app(run_dir, api_key=api_key, allowed_hosts=allowed_hosts), None
 
     from tokenmill.deploy.serve.engine import EngineConfig
     from tokenmill.deploy.serve.loading import load_engine
@@ -56,15 +85,21 @@ def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, d
     config = EngineConfig(max_num_seqs=8, kv_cache_bytes=kv_cache_mb * 2**20 if kv_cache_mb else None)
     engine = load_engine(model_dir, config, device=device)
     name = f"{run_dir.resolve().name}/{model_dir.relative_to(run_dir).as_posix()}"
-    return mount_explorer(create_app(engine, name), run_dir, path="/"), model_dir
+    app = create_app(engine, name, api_key=api_key, allowed_hosts=allowed_hosts)
+    return mount_explorer(app, run_dir, path="/"), model_dir
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tokenmill.deploy.serve.cli import bound_hosts
+
+    check_exposure(args.host, args.api_key)
     run_dir = Path(args.run_dir)
-    app, model_dir = build_app(run_dir, args.model, not args.no_serve, args.device, args.kv_cache_mb)
+    app, model_dir = build_app(run_dir, args.model, not args.no_serve, args.device, args.kv_cache_mb,
+                               args.api_key, tuple(bound_hosts(args.host, args.allowed_host)))
     served = f"serving {model_dir} at /v1" if model_dir else "no model served"
-    print(f"explorer of {run_dir} at http://{args.host}:{args.port}/ ({served})", file=sys.stderr)
+    login = " (open it once as /?key=KEY: the browser then keeps a cookie)" if args.api_key else ""
+    print(f"explorer of {run_dir} at http://{args.host}:{args.port}/{login} ({served})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

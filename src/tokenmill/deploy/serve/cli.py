@@ -19,20 +19,25 @@ def register(sub: argparse._SubParsersAction) -> None:
             "tokenizer files) over HTTP with the OpenAI API: /v1/models, /v1/completions, "
             "/v1/chat/completions (streaming as server-sent events), plus /health and /metrics "
             "(Prometheus). One engine thread owns the model and a paged KV cache and batches "
-            "requests continuously. Binds to 127.0.0.1 unless --host says otherwise."
+            "requests continuously. Binds to 127.0.0.1 unless --host says otherwise, and answers only "
+            "requests whose Host header names this machine's loopback, the --host address or an --allowed-host."
         ),
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder, e.g. runs/demo/05_pretrain/model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests with this Host header (a name or address, any port; repeatable). "
+                   "Loopback names and the --host address are always allowed")
     p.add_argument("--api-key", default=os.environ.get("TOKENMILL_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $TOKENMILL_API_KEY, else none)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health "
+                   "(default: $TOKENMILL_API_KEY, else none)")
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the model's name in the API (default: the folder's name)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, when MODEL_DIR holds no tokenizer")
     p.add_argument("--run-dir", metavar="DIR",
-                   help="also serve the explorer of this run folder at /explorer (see `tokenmill explore`); "
-                   "not with an API key: the explorer's routes are open")
+                   help="also serve the explorer of this run folder at /explorer (see `tokenmill explore`), "
+                   "behind the same API key when there is one")
     p.add_argument("--device", help="auto, cuda, cuda:1 or cpu (default auto: CUDA when present)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, help="weights and KV cache dtype (default: as stored)")
     engine = p.add_argument_group("engine")
@@ -47,15 +52,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size (default 1 MiB)")
     limits.add_argument("--max-prompt-tokens", type=int, help="prompt length (default: the context length - 1)")
     limits.add_argument("--max-tokens", type=int, help="max_tokens of a request (default: the context length)")
-    limits.add_argument("--max-n", type=int, default=8, help="n of a request (default 8)")
+    limits.add_argument("--max-n", type=int, default=8, help="n of a request (default 8, at most 128)")
+    limits.add_argument("--max-seqs-per-request", type=int, default=64,
+                        help="prompts × n of one request (default 64)")
+    overload = p.add_argument_group("overload (each answered 429 with Retry-After, or 408 for the timeout)")
+    overload.add_argument("--max-queued-requests", type=int, default=256,
+                          help="generation requests accepted and not finished, running or waiting (default 256)")
+    overload.add_argument("--max-queued-tokens", type=int,
+                          help="tokens those requests may hold in the KV cache, prompts + n × max_tokens "
+                          "(default: four times the KV cache)")
+    overload.add_argument("--request-timeout", type=float, default=600.0, metavar="SECONDS",
+                          help="from a request's arrival to its last token (default 600; 0: no limit)")
     p.set_defaults(func=_cmd_serve)
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    if args.run_dir and args.api_key:
-        from tokenmill.explorer.app import KEYED_SERVER
+def bound_hosts(host: str, allowed: list[str]) -> list[str]:
+    """The Host names to answer besides loopback: the address bound (unless it is every address) and `allowed`."""
+    return ([host] if host not in ("0.0.0.0", "::", "") else []) + allowed
 
-        raise TokenmillError(f"--run-dir with an API key: {KEYED_SERVER}")
+
+def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tokenmill.deploy.serve.engine import EngineConfig
@@ -63,6 +79,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tokenmill.deploy.serve.server import Limits, create_app
 
     model_dir = Path(args.model_dir)
+    try:
+        limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.max_n,
+                        args.max_seqs_per_request, args.max_queued_requests, args.max_queued_tokens,
+                        args.request_timeout or None)
+    except ValueError as e:
+        raise TokenmillError(str(e)) from None
     config = EngineConfig(
         block_size=args.block_size,
         kv_cache_bytes=args.kv_cache_mb * 2**20 if args.kv_cache_mb else None,
@@ -72,8 +94,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     engine = load_engine(model_dir, config, Path(args.tokenizer) if args.tokenizer else None, args.device,
                          dtype_named(args.dtype) if args.dtype else None)
-    limits = Limits(args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.max_n)
-    app = create_app(engine, args.served_model_name or model_dir.resolve().name, args.api_key, limits)
+    app = create_app(engine, args.served_model_name or model_dir.resolve().name, args.api_key, limits,
+                     bound_hosts(args.host, args.allowed_host))
     if args.run_dir:
         from tokenmill.explorer.app import mount_explorer
 

@@ -6,19 +6,24 @@ request gained. `AsyncEngine` runs an `Engine` in a thread of its own, the only 
 touches the model and the cache; the server's event loop hands it requests and receives
 their outputs through queues, and a stream that is closed early (the client went away)
 aborts its request, which frees its blocks at the engine's next step.
+
+Failures stay as small as they can: a sequence whose sampling or decoding fails ends its own
+request with an error (`RequestFailed`) and the batch goes on; a step that fails as a whole
+(the model's forward pass) fails the requests in flight and the engine goes on; and if the
+engine thread ends, for whatever reason, every request waiting on it and every later one fails
+at once (`EngineStopped`) instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import queue
 import random
-import sys
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +35,12 @@ from tokenmill.deploy.serve.metrics import Metrics
 from tokenmill.deploy.serve.runner import ModelRunner, kv_bytes_per_token
 from tokenmill.model.sampling import SamplingParams, TokenLogprob, sample
 from tokenmill.deploy.serve.scheduler import Scheduler
-from tokenmill.deploy.serve.sequence import Request, Sequence as Seq, Status
+from tokenmill.deploy.serve.sequence import Request, Status
+from tokenmill.deploy.serve.sequence import Sequence as Seq
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +71,15 @@ class RequestOutput:
     prompt_tokens: int
     completion_tokens: int  # over all choices, so far
     finished: bool
+    error: str | None = None  # the request failed (and is finished): what went wrong, for the log
+
+
+class RequestFailed(RuntimeError):
+    """This request failed inside the engine; the others go on."""
+
+
+class EngineStopped(RuntimeError):
+    """The engine thread is not running: no request can be served."""
 
 
 def pool_blocks(model: Transformer, config: EngineConfig) -> int:
@@ -160,32 +177,78 @@ class Engine:
             family = [seq] if seq.request.forked else self._fork(seq)
             rows += [row] * len(family)
             seqs += family
-        tokens, logprobs = sample(
-            logits[rows], [s.request.params for s in seqs], [s.request.prompt_ids for s in seqs],
-            [s.output_ids for s in seqs], [s.generator for s in seqs],
-        )
+        sampled, failed = self._sample(logits, rows, seqs)
         now = time.perf_counter()
         touched: dict[str, Request] = {}
-        for seq, token, logprob in zip(seqs, tokens, logprobs):
-            self._record_timing(seq, now)
-            stop_ids = set(seq.request.params.stop_token_ids)
-            if not seq.request.params.ignore_eos:
+        for seq, token, logprob in sampled:
+            request = seq.request
+            if request.request_id in failed:
+                continue  # another of its choices failed
+            stop_ids = set(request.params.stop_token_ids)
+            if not request.params.ignore_eos:
                 stop_ids |= self._end_ids
-            seq.append(token, logprob, self.tokenizer, stop_ids, self.context_length)
+            try:
+                seq.append(token, logprob, self.tokenizer, stop_ids, self.context_length)
+            except Exception as e:  # noqa: BLE001 - e.g. the tokenizer on this sequence's text: its request only
+                failed[request.request_id] = (request, e)
+                continue
+            self._record_timing(seq, now)
             if seq.status is Status.FINISHED:
                 self.scheduler.remove(seq)
-            touched[seq.request.request_id] = seq.request
-        self.metrics.generation_tokens.inc(len(seqs))
+            touched[request.request_id] = request
+        self.metrics.generation_tokens.inc(len(sampled))
         self.metrics.prefix_queries.inc(self.blocks.prefix_queries - queries_before)
         self.metrics.prefix_hits.inc(self.blocks.prefix_hits - hits_before)
-        outputs = [self._output(r) for r in touched.values()]
+        outputs = [self._output(r) for r in touched.values() if r.request_id not in failed]
         for out in outputs:
             if out.finished:
                 request = self.requests.pop(out.request_id)
                 for seq in request.seqs:
                     self.metrics.finished.labels(seq.finish_reason).inc()
+        outputs += [self._fail(request, error) for request, error in failed.values()]
         self._update_gauges()
         return outputs
+
+    def _sample(self, logits: torch.Tensor, rows: list[int], seqs: list[Seq]
+                ) -> tuple[list[tuple[Seq, int, TokenLogprob | None]], dict[str, tuple[Request, Exception]]]:
+        """Each sequence's next token, all in one call to the sampler; if that fails, one sequence at a
+        time, so that a sequence whose sampling fails (its parameters, its logits) fails its own
+        request only. Their generators are rewound first: a seeded choice draws the same tokens."""
+        def run(idx: list[int]) -> tuple[list[int], list[TokenLogprob | None]]:
+            return sample(logits[[rows[i] for i in idx]], [seqs[i].request.params for i in idx],
+                          [seqs[i].request.prompt_ids for i in idx], [seqs[i].output_ids for i in idx],
+                          [seqs[i].generator for i in idx])
+
+        states = [s.generator.get_state() if s.generator is not None else None for s in seqs]
+        try:
+            tokens, logprobs = run(list(range(len(seqs))))
+        except Exception:  # noqa: BLE001 - whose it was is found row by row below
+            logger.warning("sampling a batch of %d sequences failed: sampling them one by one", len(seqs))
+        else:
+            return list(zip(seqs, tokens, logprobs)), {}
+        sampled, failed = [], {}
+        for i, (seq, state) in enumerate(zip(seqs, states)):
+            if seq.request.request_id in failed:
+                continue
+            if state is not None:
+                seq.generator.set_state(state)
+            try:
+                (token,), (logprob,) = run([i])
+            except Exception as e:  # noqa: BLE001 - this sequence's request fails, the batch goes on
+                failed[seq.request.request_id] = (seq.request, e)
+                continue
+            sampled.append((seq, token, logprob))
+        return sampled, failed
+
+    def _fail(self, request: Request, error: Exception) -> RequestOutput:
+        """End a request that failed: its sequences leave the batch and give back their blocks."""
+        logger.error("request %s failed", request.request_id, exc_info=error)
+        self.requests.pop(request.request_id, None)
+        for seq in request.seqs:
+            self.scheduler.remove(seq)
+        self.metrics.finished.labels("error").inc()
+        return RequestOutput(request.request_id, [], len(request.prompt_ids),
+                             sum(len(s.output_ids) for s in request.seqs), True, error=repr(error))
 
     def _new_sequence(self, request: Request, index: int, token_ids: list[int]) -> Seq:
         generator = None
@@ -247,6 +310,10 @@ class AsyncEngine:
         self.sinks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}  # engine thread only
         self.failures = 0
         self._stopping = False
+        # Set once, under the lock, as the engine thread ends: a request posted before it is
+        # failed by the thread on its way out, one posted after it is refused at once.
+        self._stopped = False
+        self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="tokenmill-engine", daemon=True)
 
     def start(self) -> AsyncEngine:
@@ -260,12 +327,13 @@ class AsyncEngine:
 
     @property
     def alive(self) -> bool:
-        return self.thread.is_alive()
+        return self.thread.is_alive() and not self._stopped
 
     async def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         """The outputs of one request as the engine produces them. A ValueError says why a request
-        is refused; closing the stream early aborts the request."""
+        is refused, RequestFailed that it failed inside the engine, EngineStopped that the engine
+        thread is not running; closing the stream early aborts the request."""
         self.engine.check(prompt_ids, params)
         request_id = request_id or uuid.uuid4().hex
         sink: asyncio.Queue = asyncio.Queue()
@@ -275,6 +343,7 @@ class AsyncEngine:
             while not finished:
                 out = await sink.get()
                 if isinstance(out, BaseException):
+                    finished = True  # the engine has let go of it already
                     raise out
                 finished = out.finished
                 yield out
@@ -283,25 +352,36 @@ class AsyncEngine:
                 self._post(("abort", request_id))
 
     def _post(self, message: tuple) -> None:
-        self.inbox.put(message)
+        with self._lock:
+            if self._stopped:
+                if message[0] == "abort":
+                    return  # nothing runs any more
+                raise EngineStopped("the engine is not running")
+            self.inbox.put(message)
         self.wake.set()
 
     def _run(self) -> None:
-        while not self._stopping:
-            self.wake.clear()
-            self._drain_inbox()
-            if not self.engine.has_unfinished():
-                self.wake.wait()
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as e:  # noqa: BLE001 - one failed step must not take the server down
-                self._fail_all(e)
-                continue
-            for out in outputs:
-                self._send(out.request_id, out)
-                if out.finished:
-                    self.sinks.pop(out.request_id, None)
+        try:
+            while not self._stopping:
+                self.wake.clear()
+                self._drain_inbox()
+                if not self.engine.has_unfinished():
+                    self.wake.wait()
+                    continue
+                try:
+                    outputs = self.engine.step()
+                except Exception as e:  # noqa: BLE001 - one failed step must not take the server down
+                    self._fail_all(e)
+                    continue
+                for out in outputs:
+                    self._send(out.request_id, out if out.error is None else RequestFailed(out.error))
+                    if out.finished:
+                        self.sinks.pop(out.request_id, None)
+        except BaseException:
+            logger.critical("the engine thread failed: every request is refused from now on", exc_info=True)
+            raise
+        finally:
+            self._close()
 
     def _drain_inbox(self) -> None:
         while True:
@@ -313,9 +393,15 @@ class AsyncEngine:
                 _, request_id, prompt_ids, params, loop, sink = message
                 self.sinks[request_id] = (loop, sink)
                 try:
+                    if self._stopped:
+                        raise EngineStopped("the engine is not running")
                     self.engine.add_request(request_id, prompt_ids, params)
-                except ValueError as e:
+                except (ValueError, EngineStopped) as e:
                     self._send(request_id, e)
+                    self.sinks.pop(request_id)
+                except Exception as e:
+                    logger.error("request %s could not be added", request_id, exc_info=e)
+                    self._send(request_id, RequestFailed(repr(e)))
                     self.sinks.pop(request_id)
             else:
                 self.engine.abort_request(message[1])
@@ -329,10 +415,23 @@ class AsyncEngine:
             self.engine.abort_request(request_id)
 
     def _fail_all(self, error: Exception) -> None:
-        """Abort every request in flight, telling each why, and carry on with an empty engine."""
+        """Abort every request in flight, telling each it failed, and carry on with an empty engine."""
         self.failures += 1
-        traceback.print_exception(error, file=sys.stderr)
+        logger.error("an engine step failed: every request in flight fails", exc_info=error)
         for request_id in list(self.sinks):
             self.engine.abort_request(request_id)
-            self._send(request_id, RuntimeError(f"the engine failed: {error}"))
+            self._send(request_id, RequestFailed(repr(error)))
+        self.sinks.clear()
+
+    def _close(self) -> None:
+        """The thread is ending: fail every request it holds or that is still in the inbox."""
+        with self._lock:
+            self._stopped = True
+        self._drain_inbox()  # nothing more can arrive: each is answered EngineStopped
+        for request_id in list(self.sinks):
+            try:
+                self._send(request_id, EngineStopped("the engine is not running"))
+                self.engine.abort_request(request_id)
+            except Exception:
+                logger.exception("request %s could not be aborted", request_id)
         self.sinks.clear()

@@ -129,7 +129,7 @@ class ModelRunner:
         decode = sorted((i for i, n in enumerate(num_tokens) if n == 1), key=lambda i: starts[i])
         prefill = [i for i, n in enumerate(num_tokens) if n > 1]
         groups = [decode[a : a + GROUP_ROWS] for a in range(0, len(decode), GROUP_ROWS)] + [[i] for i in prefill]
-        bs, tensor = self.block_size, lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        bs, tensor = self.block_size, lambda x: torch.tensor(x, dtype=torch.long, device=self.device)
         ids, positions, slots, blocks, plan = [], [], [], [], []
         last = [0] * len(token_ids)  # where each sequence's last token is in the step
         for rows in groups:

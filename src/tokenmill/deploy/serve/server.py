@@ -1,74 +1,76 @@
 """The OpenAI-compatible HTTP front: FastAPI routes over an `AsyncEngine`.
 
-    /v1/models, /v1/completions, /v1/chat/completions   (bearer API key when one is set)
-    /health, /metrics                                    (Prometheus text format)
+    /v1/models, /v1/completions, /v1/chat/completions
+    /health                                             (open even with an API key: for probes)
+    /metrics                                            (Prometheus text format)
+    /docs, /openapi.json                                (the schema, with every bound a field has)
+
+Before any route, `Guard` checks the Host header, the API key and the Content-Type (guard.py);
+before the engine, protocol.py reads the body strictly and bounds every field, and `Admission`
+bounds the work in progress (429 with Retry-After beyond it). Every refusal and failure is
+answered with an OpenAI-style error body that says what was wrong with the request and never
+what failed inside (that goes to the log), so the official clients raise their usual exceptions.
 
 Streaming answers are server-sent events, one chunk per piece of new text, each choice's
 `finish_reason` in exactly one chunk, then `data: [DONE]`; with `stream_options.include_usage`
-a last chunk carries the token counts. A client that disconnects, streaming or not, has its
-request aborted and its KV-cache blocks freed. Every refusal is a 4xx with an OpenAI-style
-error body, so the official clients raise their usual exceptions.
+a last chunk carries the token counts. An error once the stream has started is sent as an
+event with the error body, before `[DONE]`. A client that disconnects, streaming or not, has
+its request aborted and its KV-cache blocks freed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hmac
-import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokenmill.deploy.serve.engine import AsyncEngine, RequestOutput
+from tokenmill.deploy.serve.api_error import APIError, ErrorBody
+from tokenmill.deploy.serve.engine import AsyncEngine
+from tokenmill.deploy.serve.generation import (
+    Admission,
+    ClientGone,
+    EventStream,
+    Generation,
+    collect,
+    sse,
+    usage,
+)
+from tokenmill.deploy.serve.guard import Guard
 from tokenmill.deploy.serve.protocol import (
-    APIError, ChatCompletionRequest, CompletionRequest, chat_messages, parse,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Limits,
+    chat_messages,
+    loads,
+    parse,
+    request_body_schema,
 )
 from tokenmill.model.sampling import SamplingParams, TokenLogprob
 from tokenmill.errors import TokenmillError
 
+logger = logging.getLogger(__name__)
 
-@dataclass
-class Limits:
-    """What one request may ask for; more is refused with a 4xx."""
+COMPLETION_MAX_TOKENS = 16  # the OpenAI API's default max_tokens for completions
 
-    max_body_bytes: int = 1 << 20
-    max_prompt_tokens: int | None = None  # None: the context length less one token to generate
-    max_tokens: int | None = None  # None: the context length
-    max_n: int = 8
+__all__ = ["Limits", "Server", "create_app"]
 
-
-class EventStream(StreamingResponse):
-    """Server-sent events whose generator is always closed, so that a request whose client has
-    gone away is aborted at once, not when the garbage collector gets to it."""
-
-    def __init__(self, content: AsyncIterator[str]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    async def stream_response(self, send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            await self.body_iterator.aclose()
-
-
-def sse(data: dict[str, Any] | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-@dataclass
-class Choice:
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
+# Every answer a route may give besides its 200, for the OpenAPI schema.
+ERRORS = {status: {"model": ErrorBody, "description": why} for status, why in {
+    400: "a malformed body or a field out of range", 401: "no or a wrong API key", 404: "another model's name",
+    408: "the request ran past --request-timeout", 413: "the body is over --max-body-bytes",
+    415: "the body is not sent as application/json", 421: "a Host header not in the allow-list",
+    429: "the server's queue bounds are reached (see Retry-After)", 500: "the request failed inside the engine",
+    503: "the engine is not running",
+}.items()}
 
 
 class Server:
@@ -77,16 +79,10 @@ class Server:
         self.tokenizer = engine.engine.tokenizer
         self.context_length = engine.engine.context_length
         self.created = int(time.time())
+        self.admission = Admission(limits.max_queued_requests,
+                                   limits.max_queued_tokens or 4 * engine.engine.capacity_tokens)
 
     # -- checks ---------------------------------------------------------------------------------
-
-    def authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # Constant-time comparison: the time taken says nothing about how much of a guess was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.api_key.encode()):
-            raise APIError(401, "invalid API key: send it as 'Authorization: Bearer KEY'", code="invalid_api_key")
 
     async def read_json(self, request: Request) -> Any:
         limit = self.limits.max_body_bytes
@@ -98,25 +94,28 @@ class Server:
             body += chunk
             if len(body) > limit:
                 raise APIError(413, f"the request body is over the limit of {limit} bytes", code="request_too_large")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}") from None
+        return loads(bytes(body))
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
             raise APIError(404, f"the model '{name}' does not exist; this server serves '{self.model_name}'",
                            param="model", code="model_not_found")
 
-    def check_n(self, n: int) -> None:
+    def check_n(self, n: int, prompts: int = 1) -> None:
         if n > self.limits.max_n:
             raise APIError(400, f"n is {n}; this server allows at most {self.limits.max_n}", param="n")
+        if prompts * n > self.limits.max_seqs_per_request:
+            raise APIError(400, f"{prompts} prompts × n = {n} is {prompts * n} sequences; this server allows at "
+                                f"most {self.limits.max_seqs_per_request} in one request", param="prompt")
 
-    def max_tokens(self, requested: int | None, prompt_len: int) -> int:
+    def max_tokens(self, requested: int | None, prompt_len: int, default: int | None = None) -> int:
+        """`requested`, within the limit; if None, `default` or the rest of the context, within the limit."""
         limit = self.limits.max_tokens or self.context_length
         if requested is not None and requested > limit:
             raise APIError(400, f"max_tokens is {requested}; this server allows at most {limit}", param="max_tokens")
-        return requested if requested is not None else max(1, min(limit, self.context_length - prompt_len))
+        if requested is not None:
+            return requested
+        return max(1, min(limit, self.context_length - prompt_len, default or self.context_length))
 
     def check_prompt(self, ids: list[int], params: SamplingParams, param: str) -> None:
         limit = self.limits.max_prompt_tokens or self.context_length - 1
@@ -136,65 +135,9 @@ class Server:
         except ValueError as e:
             raise APIError(400, str(e)) from None
 
-    # -- generation -----------------------------------------------------------------------------
-
-    async def outputs(self, prompts: list[list[int]], params: SamplingParams
-                      ) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """The outputs of one engine request per prompt, interleaved as they come, with the prompt's index."""
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(i: int, ids: list[int]) -> None:
-            try:
-                async with contextlib.aclosing(self.engine.generate(ids, params)) as stream:
-                    async for out in stream:
-                        queue.put_nowait((i, out))
-            except Exception as e:  # noqa: BLE001 - handed to the reader below
-                queue.put_nowait((i, e))
-            queue.put_nowait((i, None))
-
-        tasks = [asyncio.create_task(pump(i, ids)) for i, ids in enumerate(prompts)]
-        try:
-            running = len(tasks)
-            while running:
-                i, item = await queue.get()
-                if item is None:
-                    running -= 1
-                elif isinstance(item, Exception):
-                    raise APIError(500, str(item), type="server_error")
-                else:
-                    yield i, item
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def collect(self, request: Request, events: AsyncIterator[tuple[int, RequestOutput]], n: int
-                      ) -> tuple[dict[int, Choice], dict[str, int]]:
-        """Every choice in full, and the usage; aborts the requests if the client disconnects first."""
-        choices: dict[int, Choice] = {}
-        prompt_tokens: dict[int, int] = {}
-        completion_tokens: dict[int, int] = {}
-
-        async def consume() -> None:
-            async with contextlib.aclosing(events):
-                async for i, out in events:
-                    prompt_tokens[i], completion_tokens[i] = out.prompt_tokens, out.completion_tokens
-                    for d in out.deltas:
-                        c = choices.setdefault(i * n + d.index, Choice())
-                        c.text += d.text
-                        c.token_ids += d.token_ids
-                        c.logprobs += d.logprobs
-                        c.finish_reason = d.finish_reason
-
-        work, gone = asyncio.create_task(consume()), asyncio.create_task(disconnected(request))
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        gone.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            raise ClientGone()
-        work.result()
-        return dict(sorted(choices.items())), usage(prompt_tokens, completion_tokens)
+    def generation(self, prompts: list[list[int]], params: SamplingParams) -> Generation:
+        """The engine requests of one API request, admitted now (or refused with 429 or 503)."""
+        return Generation(self.engine, self.admission, prompts, params, self.limits.request_timeout)
 
     # -- logprobs in the two formats of the API -------------------------------------------------
 
@@ -220,24 +163,11 @@ class Server:
                             for lp in logprobs]}
 
 
-class ClientGone(Exception):
-    """The client disconnected before the answer was ready."""
-
-
-async def disconnected(request: Request) -> None:
-    """Return when the client disconnects (the body has been read: nothing else can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def usage(prompt_tokens: dict[int, int], completion_tokens: dict[int, int]) -> dict[str, int]:
-    p, c = sum(prompt_tokens.values()), sum(completion_tokens.values())
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
-               limits: Limits | None = None) -> FastAPI:
-    """The app; it starts the engine thread when the server starts and stops it when the server stops."""
+def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None, limits: Limits | None = None,
+               allowed_hosts: Iterable[str] = ()) -> FastAPI:
+    """The app; it starts the engine thread when the server starts and stops it when the server stops.
+    It answers to loopback names and `allowed_hosts` in the Host header; with `api_key`, every
+    route but /health needs it."""
     server = Server(engine, model_name, api_key, limits or Limits())
 
     @contextlib.asynccontextmanager
@@ -249,26 +179,39 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
 
     app = FastAPI(title="tokenmill", lifespan=lifespan)
     app.state.server = server
-    v1 = [Depends(server.authorize)]
+    app.state.guard = {"allowed_hosts": tuple(allowed_hosts), "api_key": api_key}  # for apps mounted on this one
+    app.add_middleware(Guard, **app.state.guard)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, e: RequestValidationError) -> JSONResponse:
+        where = ".".join(str(part) for part in e.errors()[0]["loc"])
+        return JSONResponse(APIError(400, f"{where}: {e.errors()[0]['msg']}", param=where).body(), status_code=400)
+
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, e: ClientGone) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
-    @app.get("/health")
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return JSONResponse(APIError(500, "the server failed on this request", type="server_error",
+                                     code="internal_error").body(), status_code=500)
+
+    @app.get("/health", responses={503: ERRORS[503]})
     async def health() -> JSONResponse:
         ok = engine.alive
         return JSONResponse({"status": "ok" if ok else "engine stopped"}, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={s: ERRORS[s] for s in (401, 421)},
+             response_class=Response)  # Prometheus text, not JSON
     async def metrics() -> Response:
         return Response(generate_latest(engine.engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -276,27 +219,34 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         return {"id": model_name, "object": "model", "created": server.created, "owned_by": "tokenmill",
                 "max_model_len": server.context_length}
 
-    @app.get("/v1/models", dependencies=v1)
+    @app.get("/v1/models", responses={s: ERRORS[s] for s in (401, 421)})
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}", dependencies=v1)
+    @app.get("/v1/models/{name:path}", responses={s: ERRORS[s] for s in (400, 401, 404, 421)})
     async def model(name: str) -> dict[str, Any]:
         server.check_model(name)
         return model_card()
 
-    @app.post("/v1/completions", dependencies=v1)
+    bounds = (model_name, server.limits, server.limits.max_tokens or server.context_length,
+              engine.engine.model.config.vocab_size)
+    completion_body, completion_defs = request_body_schema(CompletionRequest, *bounds)
+    generate_answers = {200: {"content": {"application/json": {}, "text/event-stream": {}}},
+                        **{s: e for s, e in ERRORS.items()}}
+
+    @app.post("/v1/completions", openapi_extra={"requestBody": completion_body}, responses=generate_answers)
     async def completions(request: Request) -> Response:
         body: CompletionRequest = parse(CompletionRequest, await server.read_json(request))
         server.check_model(body.model)
-        server.check_n(body.n)
+        server.check_n(body.n, prompt_count(body.prompt))
         prompts = tokenize_prompts(server, body.prompt)
-        params = server.sampling_params(body, server.max_tokens(body.max_tokens, max(map(len, prompts))), body.logprobs)
+        max_tokens = server.max_tokens(body.max_tokens, max(map(len, prompts)), COMPLETION_MAX_TOKENS)
+        params = server.sampling_params(body, max_tokens, body.logprobs)
         for i, ids in enumerate(prompts):
             server.check_prompt(ids, params, "prompt" if len(prompts) == 1 else f"prompt.{i}")
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name}
-        events = server.outputs(prompts, params)
+        generation = server.generation(prompts, params)
         want_logprobs = body.logprobs is not None
 
         if body.stream:
@@ -306,7 +256,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                 completion_tokens: dict[int, int] = {}
                 extra = {"usage": None} if body.include_usage else {}
                 try:
-                    async with contextlib.aclosing(events):
+                    async with contextlib.aclosing(generation.events()) as events:
                         async for i, out in events:
                             prompt_tokens[i], completion_tokens[i] = out.prompt_tokens, out.completion_tokens
                             for d in out.deltas:
@@ -326,16 +276,18 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                     yield sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
                 yield sse("[DONE]")
 
-            return EventStream(stream())
+            return EventStream(stream(), generation.aclose)
 
-        choices, counts = await server.collect(request, events, body.n)
+        choices, counts = await collect(request, generation, body.n)
         return JSONResponse({**head, "choices": [
             {"index": index, "text": c.text, "finish_reason": c.finish_reason,
              "logprobs": server.completion_logprobs(c.logprobs, 0) if want_logprobs else None}
             for index, c in choices.items()
         ], "usage": counts})
 
-    @app.post("/v1/chat/completions", dependencies=v1)
+    chat_body, chat_defs = request_body_schema(ChatCompletionRequest, *bounds)
+
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": chat_body}, responses=generate_answers)
     async def chat_completions(request: Request) -> Response:
         body: ChatCompletionRequest = parse(ChatCompletionRequest, await server.read_json(request))
         server.check_model(body.model)
@@ -353,7 +305,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         server.check_prompt(ids, params, "messages")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": model_name}
-        events = server.outputs([ids], params)
+        generation = server.generation([ids], params)
 
         if body.stream:
             chunk_head = {**head, "object": "chat.completion.chunk"}
@@ -367,7 +319,7 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                 started: set[int] = set()
                 counts = {"prompt_tokens": len(ids), "completion_tokens": 0}
                 try:
-                    async with contextlib.aclosing(events):
+                    async with contextlib.aclosing(generation.events()) as events:
                         async for _, out in events:
                             counts["completion_tokens"] = out.completion_tokens
                             for d in out.deltas:
@@ -386,16 +338,30 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
                     yield sse({**chunk_head, "choices": [], "usage": {**counts, "total_tokens": total}})
                 yield sse("[DONE]")
 
-            return EventStream(stream())
+            return EventStream(stream(), generation.aclose)
 
-        choices, counts = await server.collect(request, events, body.n)
+        choices, counts = await collect(request, generation, body.n)
         return JSONResponse({**head, "choices": [
             {"index": index, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
              "logprobs": server.chat_logprobs(c.logprobs) if body.logprobs else None}
             for index, c in choices.items()
         ], "usage": counts})
 
+    openapi = app.openapi
+
+    def openapi_with_bodies() -> dict[str, Any]:
+        """The schema, with the component schemas the request bodies refer to."""
+        schema = openapi()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update({**completion_defs, **chat_defs})
+        return schema
+
+    app.openapi = openapi_with_bodies
     return app
+
+
+def prompt_count(prompt: str | list) -> int:
+    """How many prompts `prompt` holds (a list of token ids is one), before any is tokenized."""
+    return len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
 
 
 def tokenize_prompts(server: Server, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
