@@ -18,7 +18,7 @@ from tokenmill.align.config import AlignConfig
 from tokenmill.curate.config import CurateConfig
 from tokenmill.deploy.quant.config import QuantizeConfig
 from tokenmill.errors import ConfigError
-from tokenmill.model.config import ModelSection
+from tokenmill.model.section import ModelSection
 from tokenmill.pretrain.config import PretrainConfig
 from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 from tokenmill.sources.local import LocalCorpusSource

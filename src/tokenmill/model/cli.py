@@ -10,8 +10,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tokenmill.errors import TokenmillError
-from tokenmill.model.config import ModelSection, describe_validation_error
+from tokenmill.model.config import describe_validation_error
 from tokenmill.model.hf_families import FAMILIES
+from tokenmill.model.section import ModelSection
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:

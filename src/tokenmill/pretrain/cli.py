@@ -82,7 +82,8 @@ def _pretrain_config(fields: dict):
 
 
 def _model_config(args: argparse.Namespace, section: dict | None):
-    from tokenmill.model.config import ModelSection, describe_validation_error, read_config
+    from tokenmill.model.config import describe_validation_error, read_config
+    from tokenmill.model.section import ModelSection
 
     if args.model:
         return read_config(args.model)
