@@ -4,10 +4,15 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tokenmill.config import load_config, section_hash, shipped_config, shipped_config_names
+from tokenmill.config import (
+    load_config,
+    section_hash,
+    shipped_config,
+    shipped_config_names,
+)
+from tokenmill.errors import ConfigError
 from tokenmill.model.presets import preset_names
 from tokenmill.pretrain.cli import read_sections
-from tokenmill.errors import ConfigError
 from tokenmill.sources.jsonl import JsonlSource
 from tokenmill.sources.local import LocalCorpusSource
 
