@@ -59,6 +59,17 @@ def test_missing_config_is_named(tmp_path):
     assert out.returncode == 2 and "nope.yaml" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_run_names_a_shipped_config_or_lists_them(tmp_path):
+    from tokenmill.config import shipped_config
+
+    out = tokenmill("run", "quickstart", "--print-config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == shipped_config("quickstart").read_text(encoding="utf-8")
+    out = tokenmill("run", "quikstart", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "no shipped config of that name; the shipped configs are: gpt2-small, quickstart" in out.stderr
+
+
 def test_data_needs_something_to_read(tmp_path):
     assert main(["data", "--output", str(tmp_path / "o")]) == 2
 

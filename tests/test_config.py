@@ -1,9 +1,18 @@
-from pathlib import Path
+import tomllib
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
 
 import pytest
 
-from tokenmill.config import load_config, section_hash
+from tokenmill.config import (
+    load_config,
+    section_hash,
+    shipped_config,
+    shipped_config_names,
+)
 from tokenmill.errors import ConfigError
+from tokenmill.model.presets import preset_names
+from tokenmill.pretrain.cli import read_sections
 from tokenmill.sources.jsonl import JsonlSource
 from tokenmill.sources.local import LocalCorpusSource
 
@@ -17,17 +26,46 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_quickstart_preset_validates():
-    config = load_config(ROOT / "configs" / "quickstart.yaml")
+    config = load_config(shipped_config("quickstart"))
     assert config.name == "quickstart"
     assert isinstance(config.data.sources[0], LocalCorpusSource)
     assert config.data.sources[0].max_bytes == 32_000_000
 
 
 def test_gpt2_small_preset_is_gpt2_at_real_size():
-    config = load_config(ROOT / "configs" / "gpt2-small.yaml")
+    config = load_config(shipped_config("gpt2-small"))
     model = config.model.resolve(config.tokenizer.vocab_size)
     assert (model.n_layers, model.d_model, model.n_heads, model.context_length) == (12, 768, 12, 1024)
     assert config.pretrain.batch_tokens == 524_288 and config.align.deploy == "dpo"
+
+
+def test_a_bare_name_is_a_shipped_config_unless_a_file_has_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("quickstart") == load_config(shipped_config("quickstart"))
+    assert load_config("gpt2-small", ["seed=3"]).name == "gpt2-small"
+    with pytest.raises(ConfigError, match="no shipped config of that name; the shipped configs are: gpt2-small, quickstart"):
+        load_config("quikstart")
+    # A path (or a name with its .yaml) is a file, never a shipped config; the error says how to name one.
+    for given in ("configs/quickstart.yaml", "quickstart.yaml"):
+        with pytest.raises(ConfigError, match=f"config file not found: {given} .*named without a path: gpt2-small, quickstart"):
+            load_config(given)
+    (tmp_path / "quickstart").write_text("name: mine\n")
+    assert load_config("quickstart").name == "mine"
+    # `tokenmill pretrain CONFIG` reads its sections through the same lookup.
+    assert read_sections("gpt2-small", [])["model"]["preset"] == "gpt2"
+
+
+def test_shipped_configs_and_presets_are_package_data():
+    """They are read from inside the installed package, and declared as package data so that a wheel carries them."""
+    package = files("tokenmill")
+    assert (package / "configs" / "quickstart.yaml").is_file() and (package / "configs" / "model" / "nano.json").is_file()
+    assert {"quickstart", "gpt2-small"} <= set(shipped_config_names())
+    assert {"nano", "llama-7b", "gpt2"} <= set(preset_names())
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tokenmill"]
+    root = Path(str(package))
+    data = [PurePosixPath(p.relative_to(root).as_posix()) for p in (root / "configs").rglob("*") if p.is_file()]
+    assert len(data) > 20
+    assert [str(p) for p in data if not any(p.match(glob) for glob in declared)] == []
 
 
 def test_align_methods_are_checked(tmp_path):

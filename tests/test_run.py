@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenmill.config import load_config
+from tokenmill.config import load_config, shipped_config
 from tokenmill.errors import TokenmillError
 from tokenmill.run import find_stage, run_pipeline
 from tokenmill.shards import read_shards, shard_paths
@@ -119,7 +119,7 @@ def test_sigkill_mid_stage_then_resume(tmp_path):
 
 def test_whole_pipeline_and_downstream_invalidation(tmp_path, capsys):
     """01 -> 04 on a slice of the built-in corpus; a tokenizer change re-runs only what follows it."""
-    preset = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    preset = shipped_config("quickstart")
     small = [f"run_dir={tmp_path / 'run'}", "data.sources.0.max_bytes=1500000", "tokenizer.vocab_size=1024"]
     run_pipeline(load_config(preset, small), to_stage="04_model")
     stages = manifest(tmp_path / "run")["stages"]
@@ -145,7 +145,7 @@ def test_whole_pipeline_and_downstream_invalidation(tmp_path, capsys):
 
 def test_pretrain_and_quantize_stages(tmp_path):
     """Stages 05 and 08 in the pipeline, tiny: a trained model folder, then its INT4 GPTQ copy."""
-    preset = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    preset = shipped_config("quickstart")
     tiny = [
         f"run_dir={tmp_path / 'run'}", "data.sources.0.max_bytes=1000000", "tokenizer.vocab_size=512",
         "model.context_length=64", "pretrain.steps=6", "pretrain.batch_tokens=256", "pretrain.micro_batch=4",

@@ -35,18 +35,28 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
             "An interrupted run resumes at the first stage that is not done."
         ),
     )
-    p.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("config", metavar="CONFIG",
+                   help="a YAML file, or the name of a config shipped with tokenmill (quickstart, gpt2-small)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.sources.0.max_bytes=8000000 (repeatable)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help="re-run from this stage on (name, number or section: 01_data, 01, data)")
     p.add_argument("--to", dest="to_stage", metavar="STAGE", help="stop after this stage")
     p.add_argument("--run-dir", metavar="DIR", help="run folder (default: runs/NAME)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print CONFIG's YAML as written and exit, e.g. to copy a shipped config and edit it: "
+                        "tokenmill run quickstart --print-config > my.yaml")
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tokenmill.config import load_config
+    from tokenmill.config import load_config, read_config_text
+
+    if args.print_config:
+        if args.overrides or args.run_dir:
+            raise TokenmillError("--print-config prints CONFIG as written; --set and --run-dir do not apply to it")
+        print(read_config_text(args.config)[0], end="")
+        return 0
     from tokenmill.run import run_pipeline
 
     overrides = list(args.overrides)
@@ -73,7 +83,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
             "work; an interrupted run resumes."
         ),
     )
-    p.add_argument("config", metavar="CONFIG", nargs="?", help="optional YAML config whose data section is used")
+    p.add_argument("config", metavar="CONFIG", nargs="?", help="optional YAML config (or shipped config name) whose data section is used")
     p.add_argument("--input", dest="inputs", action="append", default=[], metavar="PATH",
                    help="a file, folder or glob to read (repeatable)")
     p.add_argument("--source", dest="builtin", action="append", default=[], choices=["local"],

@@ -1,12 +1,15 @@
 """The run configuration: YAML validated into typed models, with `--set key=value` overrides.
 
 One YAML file describes a run, one section per stage. Unknown keys are errors that name the
-key: a typo in a config must not silently fall back to a default.
+key: a typo in a config must not silently fall back to a default. The configs that ship with
+tokenmill (`quickstart`, `gpt2-small`) are package data, named on the command line without a path.
 """
 
 from __future__ import annotations
 
 import json
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from tokenmill.align.config import AlignConfig
 from tokenmill.curate.config import CurateConfig
 from tokenmill.deploy.quant.config import QuantizeConfig
 from tokenmill.errors import ConfigError
-from tokenmill.model.config import ModelSection
+from tokenmill.model.section import ModelSection
 from tokenmill.pretrain.config import PretrainConfig
 from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 from tokenmill.sources.local import LocalCorpusSource
@@ -116,22 +119,65 @@ def _index(node: list, k: str, path: list[str]) -> int:
     return i
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or start from the defaults when `path` is None) and apply overrides."""
+# Package data, read through importlib.resources so that an installed wheel finds it from any folder.
+SHIPPED_CONFIGS = files("tokenmill") / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in SHIPPED_CONFIGS.iterdir() if p.name.endswith(".yaml"))
+
+
+def shipped_config(name: str) -> Traversable:
+    """The config that ships with tokenmill under `name` (e.g. 'quickstart')."""
+    config = SHIPPED_CONFIGS / f"{name}.yaml"
+    if "/" in name or "\\" in name or not config.is_file():
+        raise ConfigError(
+            f"no config file '{name}' and no shipped config of that name; "
+            f"the shipped configs are: {', '.join(shipped_config_names())} (or give the path of a YAML file)"
+        )
+    return config
+
+
+def find_config(config: str | Path | Traversable) -> Traversable:
+    """CONFIG as given: a YAML file, or, when no such file exists, the bare name of a shipped config."""
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file() and path.name == str(config) and path.suffix not in (".yaml", ".yml"):
+            return shipped_config(str(config))
+        return path
+    return config
+
+
+def read_config_text(config: str | Path | Traversable) -> tuple[str, Traversable]:
+    """The YAML text of CONFIG (see find_config), and where it was found."""
+    source = find_config(config)
+    if not source.is_file():
+        raise ConfigError(
+            f"config file not found: {source} (a shipped config is named without a path: {', '.join(shipped_config_names())})"
+        )
+    return source.read_text(encoding="utf-8"), source
+
+
+def read_config_tree(config: str | Path | Traversable) -> tuple[dict, Traversable]:
+    """The YAML mapping of CONFIG (see find_config), and where it was found."""
+    text, source = read_config_text(config)
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    return tree, source
+
+
+def load_config(config: str | Path | Traversable | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (see find_config; the defaults when `config` is None) and apply overrides."""
     tree: dict = {}
     where = "(defaults)"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree.setdefault("name", path.stem)
+    if config is not None:
+        tree, source = read_config_tree(config)
+        where = str(source)
+        tree.setdefault("name", Path(source.name).stem)
     # Sections that the user named but left empty are default sections.
     tree = {k: ({} if v is None else v) for k, v in tree.items()}
     for item in overrides:

@@ -11,7 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-PRESET = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+from tokenmill.config import shipped_config
+
+PRESET = shipped_config("quickstart")
 SUBJECTS = ["The river", "A small library", "The old bridge", "Our neighbour", "The museum", "A young teacher",
             "The harbour", "The committee", "A travelling musician", "The village baker", "The orchestra", "The garden"]
 VERBS = ["carries", "describes", "welcomes", "repairs", "remembers", "collects", "follows", "shelters", "measures",

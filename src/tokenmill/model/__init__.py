@@ -21,8 +21,9 @@ _LAZY = {
 
 __all__ = ["ModelConfig", "ModelSection", "load_preset", "tiny", *_LAZY]
 
-from tokenmill.model.config import ModelConfig, ModelSection  # noqa: E402
+from tokenmill.model.config import ModelConfig  # noqa: E402
 from tokenmill.model.presets import load_preset, tiny  # noqa: E402
+from tokenmill.model.section import ModelSection  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

@@ -10,13 +10,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tokenmill.errors import TokenmillError
-from tokenmill.model.config import ModelSection, describe_validation_error
+from tokenmill.model.config import describe_validation_error
 from tokenmill.model.hf_families import FAMILIES
+from tokenmill.model.section import ModelSection
 
 
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", metavar="NAME", help="a preset of configs/model/ (e.g. llama-7b, tiny-gpt2)")
+    source.add_argument("--preset", metavar="NAME", help="a built-in architecture (e.g. llama-7b, tiny-gpt2); an unknown name lists them")
     source.add_argument("--config", metavar="MODEL_JSON", help="a model.json file or a model folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a model.json field, e.g. --set n_layers=4 (repeatable)")

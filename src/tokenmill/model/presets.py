@@ -1,4 +1,7 @@
-"""Named architectures: `configs/model/NAME.json` at their real sizes, and `tiny-NAME` copies.
+"""Named architectures: `NAME.json` at their real sizes, and `tiny-NAME` copies.
+
+The presets are package data (`tokenmill/configs/model/`), read through importlib.resources so
+that an installed wheel finds them wherever it is run from.
 
 A real-size preset is for counting and planning (its parameters are never allocated for that);
 `tiny-NAME` keeps every switch of NAME (position encoding, norm, MLP, attention kind, tying,
@@ -8,18 +11,18 @@ A real-size preset is for counting and planning (its parameters are never alloca
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from tokenmill.errors import ConfigError
 from tokenmill.model.config import ModelConfig, make_config, read_config
 
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
+PRESETS = files("tokenmill") / "configs" / "model"
 TINY = "tiny-"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+    return sorted(p.name.removesuffix(".json") for p in PRESETS.iterdir() if p.name.endswith(".json"))
 
 
 def preset_fields(name: str) -> dict[str, Any]:
@@ -27,12 +30,12 @@ def preset_fields(name: str) -> dict[str, Any]:
     if name.endswith(".json") or "/" in name:
         return read_config(name).model_dump()
     base = name.removeprefix(TINY)
-    path = PRESET_DIR / f"{base}.json"
-    if not path.is_file():
+    preset = PRESETS / f"{base}.json"
+    if not preset.is_file():
         raise ConfigError(f"unknown model preset '{name}'; the presets are: {', '.join(preset_names())} (each also as tiny-NAME)")
-    fields = json.loads(path.read_text(encoding="utf-8"))
+    fields = json.loads(preset.read_text(encoding="utf-8"))
     if name.startswith(TINY):
-        fields = tiny(make_config(fields, str(path))).model_dump()
+        fields = tiny(make_config(fields, str(preset))).model_dump()
     return fields
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from tokenmill.atomic import write_json, write_text
 from tokenmill.model.anatomy import role_totals, roles_chart, tensor_rows
-from tokenmill.model.config import ModelSection, config_json
+from tokenmill.model.config import config_json
 from tokenmill.model.plan import Layout, make_plan
+from tokenmill.model.section import ModelSection
 
 
 def build_model_stage(section: ModelSection, vocab_size: int | None, out_dir: str | Path) -> dict:

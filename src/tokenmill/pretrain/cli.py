@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from tokenmill.errors import ConfigError, TokenmillError
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("config", metavar="CONFIG", nargs="?",
-                   help="YAML with a `pretrain` section and, unless --model is given, a `model` section")
+                   help="YAML file or shipped config name (e.g. quickstart) with a `pretrain` section and, unless --model is given, a `model` section")
     p.add_argument("--model", metavar="MODEL_JSON", help="model.json (or a folder holding one) of `tokenmill model`")
     p.add_argument("--tokens", required=True, metavar="DIR", help="token shards written by `tokenmill encode`")
     p.add_argument("--tokenizer", metavar="DIR", help="the tokenizer folder: decodes samples, copied into the model folder")
@@ -43,18 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def read_sections(path: str | None, overrides: list[str]) -> dict[str, Any]:
     """The `model` and `pretrain` sections of a YAML run config, with --set overrides applied;
     other sections (other stages') are left alone. The run's top-level seed seeds pre-training."""
-    from tokenmill.config import apply_override, parse_override
+    from tokenmill.config import apply_override, parse_override, read_config_tree
 
-    tree: dict = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    tree = read_config_tree(path)[0] if path is not None else {}
     tree = {k: ({} if v is None else v) for k, v in tree.items()}
     for item in overrides:
         keys, value = parse_override(item)
@@ -82,7 +72,8 @@ def _pretrain_config(fields: dict):
 
 
 def _model_config(args: argparse.Namespace, section: dict | None):
-    from tokenmill.model.config import ModelSection, describe_validation_error, read_config
+    from tokenmill.model.config import describe_validation_error, read_config
+    from tokenmill.model.section import ModelSection
 
     if args.model:
         return read_config(args.model)
