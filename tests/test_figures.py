@@ -6,7 +6,15 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from tokenmill.figures import COLORS, bar_chart, funnel_chart, grouped_bars, heatmaps, human_bytes, line_chart
+from tokenmill.figures import (
+    COLORS,
+    bar_chart,
+    funnel_chart,
+    grouped_bars,
+    heatmaps,
+    human_bytes,
+    line_chart,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 
