@@ -1,9 +1,41 @@
-"""Small self-contained SVG charts, so that every stage leaves a figure a person can open."""
+"""Every chart tokenmill draws, as SVG text drawn by matplotlib: one function per kind of chart.
+
+The stages write their charts as files beside what they measured, and the explorer shows those
+files; it draws with these same functions only what changes while it is watched (a pre-training
+run in progress, attention on a prompt typed into the page).
+
+Text is drawn as glyph outlines (svg.fonttype "path") and never parsed as mathtext, so a label
+taken from a document (a token, a file name with a "$") is shown as it is and cannot become
+markup. Figures are built without pyplot, and one at a time: matplotlib is not thread-safe, and
+the explorer answers requests from a pool of threads. matplotlib is imported when the first
+chart is drawn: the import takes about a second, which a command that draws nothing (reading a
+config, serving a model) should not pay.
+"""
 
 from __future__ import annotations
 
+import io
 import math
-from html import escape
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+COLORS = ("#4878a8", "#d0743c", "#6a9f58", "#b05a7a", "#8c6bb1", "#7f7f7f")
+STYLE = {
+    "svg.fonttype": "path",
+    "svg.hashsalt": "tokenmill",  # the same figure gives the same bytes
+    "text.parse_math": False,
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_lock = threading.Lock()
 
 
 def human_bytes(n: float) -> str:
@@ -14,112 +46,171 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def bar_chart_svg(title: str, rows: list[tuple[str, float, str]], width: int = 640) -> str:
-    """Horizontal bars: one (label, value, value_text) per row, scaled to the largest value."""
-    bar_h, gap, left, top = 22, 8, 140, 40
-    height = top + len(rows) * (bar_h + gap) + 20
-    biggest = max((v for _, v, _ in rows), default=0) or 1
-    room = width - left - 110
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="system-ui, sans-serif" font-size="13">',
-        f'<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="12" y="24" font-size="15" font-weight="bold">{escape(title)}</text>',
-    ]
-    for i, (label, value, text) in enumerate(rows):
-        y = top + i * (bar_h + gap)
-        w = max(1.0, room * value / biggest)
-        parts.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{escape(label)}</text>')
-        parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#4878a8"/>')
-        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{escape(text)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}" if n / size < 100 else f"{n / size:.0f}{unit}"
+    return f"{n:.0f}"
 
 
-PALETTE = ("#4878a8", "#d0743c", "#6a9f58", "#b05a7a", "#8c6bb1", "#7f7f7f")
+def _tick(v: float) -> str:
+    return f"{v:.3g}"
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About n round tick values covering [lo, hi]."""
-    if hi <= lo:
-        return [lo]
-    raw = (hi - lo) / n
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+def _draw(width: float, height: float, paint: Callable[[Figure], None]) -> str:
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    with _lock, rc_context(STYLE):
+        fig = Figure(figsize=(width, height))
+        paint(fig)
+        out = io.StringIO()
+        fig.savefig(out, format="svg", bbox_inches="tight", metadata={"Date": None})
+    svg = out.getvalue()
+    # The XML declaration and the DOCTYPE (an external DTD no viewer fetches) are dropped: the
+    # file is UTF-8, XML's default, and starts at its <svg> element.
+    return svg[svg.index("<svg"):]
 
 
-def _tick_text(v: float) -> str:
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-        return f"{v:.0e}"
-    return f"{v:,.6g}"
+def _title(ax: Axes, title: str) -> None:
+    ax.set_title(title, loc="left", fontweight="bold")
 
 
-def line_chart_svg(
-    title: str,
-    series: list[tuple[str, list[tuple[float, float]]]],
-    x_label: str = "",
-    y_label: str = "",
-    hlines: list[tuple[str, float]] = (),
-    width: int = 640,
-    height: int = 360,
-) -> str:
-    """Lines on shared axes: one (name, [(x, y), ...]) per series, a legend, and optional
-    labelled horizontal reference lines (name, y). Non-finite points are left out."""
-    left, right, top, bottom = 64, 16, 40, 48
-    series = [(name, [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]) for name, pts in series]
-    xs = [x for _, pts in series for x, _ in pts]
-    ys = [y for _, pts in series for _, y in pts] + [y for _, y in hlines if math.isfinite(y)]
-    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    y0, y1 = (min(ys), max(ys)) if ys else (0.0, 1.0)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
-    w, h = width - left - right, height - top - bottom
+def bar_chart(title: str, rows: Sequence[tuple[str, float, str]], xlabel: str = "",
+              ticks: Callable[[float], str] | None = None) -> str:
+    """Horizontal bars, one (label, value, value text) per row, the first on top; `xlabel` names
+    the value and its unit, `ticks` formats the axis (human_bytes, human_count)."""
+    labels, values = [r[0] for r in rows], [r[1] for r in rows]
 
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * w
+    def paint(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        y = np.arange(len(rows))
+        ax.barh(y, values, color=COLORS[0])
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        biggest = max(values, default=0) or 1
+        for yi, v, (_, _, text) in zip(y, values, rows):
+            ax.text(v + biggest * 0.01, yi, text, va="center")
+        ax.set_xlim(0, biggest * 1.25)
+        if all(float(v).is_integer() for v in values):
+            ax.locator_params(axis="x", integer=True)  # counts: no tick at 0.2 of a document
+        if ticks is not None:
+            ax.xaxis.set_major_formatter(lambda v, _: ticks(v))
+        ax.set_xlabel(xlabel)
+        _title(ax, title)
 
-    def py(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * h
+    return _draw(6.4, 0.9 + 0.3 * max(len(rows), 1), paint)
 
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="system-ui, sans-serif" font-size="12">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="12" y="24" font-size="15" font-weight="bold">{escape(title)}</text>',
-        f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>',
-    ]
-    for t in _ticks(x0, x1):
-        parts.append(f'<line x1="{px(t):.1f}" y1="{top + h}" x2="{px(t):.1f}" y2="{top + h + 4}" stroke="#999"/>')
-        parts.append(f'<text x="{px(t):.1f}" y="{top + h + 17}" text-anchor="middle">{_tick_text(t)}</text>')
-    for t in _ticks(y0, y1):
-        parts.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + w}" y2="{py(t):.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{_tick_text(t)}</text>')
-    if x_label:
-        parts.append(f'<text x="{left + w / 2:.1f}" y="{height - 10}" text-anchor="middle">{escape(x_label)}</text>')
-    if y_label:
-        mid = top + h / 2
-        parts.append(f'<text x="14" y="{mid:.1f}" text-anchor="middle" transform="rotate(-90 14 {mid:.1f})">{escape(y_label)}</text>')
-    for name, y in hlines:
-        if math.isfinite(y):
-            parts.append(
-                f'<line x1="{left}" y1="{py(y):.1f}" x2="{left + w}" y2="{py(y):.1f}" stroke="#555" stroke-dasharray="5 4"/>'
-            )
-            parts.append(f'<text x="{left + w - 4}" y="{py(y) - 4:.1f}" text-anchor="end" fill="#555">{escape(name)}</text>')
-    for i, (name, pts) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
-        if len(pts) == 1:
-            parts.append(f'<circle cx="{px(pts[0][0]):.1f}" cy="{py(pts[0][1]):.1f}" r="3" fill="{color}"/>')
-        elif pts:
-            path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.5"/>')
-        ly = top + 14 + 16 * i
-        parts.append(f'<line x1="{left + 10}" y1="{ly - 4}" x2="{left + 28}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + 34}" y="{ly}">{escape(name)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+
+def funnel_chart(title: str, steps: Sequence[tuple[str, float, float, str]], unit: str = "documents") -> str:
+    """A funnel: one (step, left after it, removed by it, note) per row, centred bars narrowing
+    downwards, the part each step removed drawn beside what is left."""
+
+    def paint(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        y = np.arange(len(steps))
+        kept = np.array([s[1] for s in steps], dtype=float)
+        removed = np.array([s[2] for s in steps], dtype=float)
+        ax.barh(y, kept, left=-kept / 2, color=COLORS[0], label=f"{unit} left")
+        ax.barh(y, removed, left=kept / 2, color=COLORS[1], label=f"{unit} removed")
+        ax.set_yticks(y, [s[0] for s in steps])
+        ax.invert_yaxis()
+        top = max((k + r for k, r in zip(kept, removed)), default=1) or 1
+        for yi, (_, _, _, note) in zip(y, steps):
+            ax.text(top / 2 + top * 0.05, yi, note, va="center")
+        ax.set_xlim(-top / 2 - top * 0.02, top * 1.25)
+        ax.set_xticks([])
+        ax.spines["bottom"].set_visible(False)
+        ax.spines["left"].set_visible(False)
+        ax.legend(loc="upper left", bbox_to_anchor=(0, 0), ncols=2, frameon=False)  # below the bars and notes
+        _title(ax, title)
+
+    return _draw(7.5, 0.9 + 0.32 * max(len(steps), 1), paint)
+
+
+def grouped_bars(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float]], ylabel: str = "",
+                 percent: bool = False) -> str:
+    """Vertical bars, one group per label and one colour per series, each bar with its value."""
+
+    def paint(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        x = np.arange(len(labels))
+        width = 0.8 / max(len(series), 1)
+        for i, (name, values) in enumerate(series.items()):
+            bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name,
+                          color=COLORS[i % len(COLORS)])
+            ax.bar_label(bars, labels=[f"{v:.1%}" if percent else human_count(v) for v in values], fontsize=7)
+        ax.set_xticks(x, labels)
+        if percent:
+            ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+        ax.set_ylabel(ylabel)
+        ax.legend(frameon=False)
+        _title(ax, title)
+
+    return _draw(6.4, 3.2, paint)
+
+
+def line_chart(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], xlabel: str = "step",
+               ylabel: str = "", log_y: bool = False, hlines: Sequence[tuple[str, float]] = ()) -> str:
+    """Lines on shared axes: one (name, [(x, y), ...]) per series, a legend when there are several,
+    and labelled horizontal reference lines (name, y). Non-finite points are left out; a series
+    of a few points shows each as a dot."""
+
+    def paint(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        xs = []
+        for i, (name, points) in enumerate(series):
+            pts = [(x, y) for x, y in points if y is not None and math.isfinite(x) and math.isfinite(y)
+                   and (y > 0 or not log_y)]
+            if not pts:
+                continue
+            px, py = zip(*pts)
+            xs += px
+            ax.plot(px, py, label=name, color=COLORS[i % len(COLORS)], marker="o" if len(pts) < 12 else None,
+                    markersize=3)
+        for name, y in hlines:
+            if y is not None and math.isfinite(y):
+                ax.axhline(y, color="#555", linestyle="--", linewidth=0.8)
+                ax.annotate(name, (1, y), xycoords=("axes fraction", "data"), ha="right", va="bottom", color="#555")
+        if xs and all(float(x).is_integer() for x in xs):
+            ax.locator_params(axis="x", integer=True)  # steps: no tick at step 1.25
+        if log_y:
+            ax.set_yscale("log")
+            # Plain numbers (the default writes mathtext, shown raw with math parsing off); over
+            # less than a decade few major ticks fall inside, so minor ones at 2, 3, 5 are labelled.
+            low, high = ax.get_ylim()
+            ax.yaxis.set_major_formatter(lambda v, _: _tick(v))
+            ax.yaxis.set_minor_formatter(lambda v, _: _tick(v) if high / low < 10 and f"{v:e}"[0] in "235" else "")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(frameon=False)
+        _title(ax, title)
+
+    return _draw(6.4, 3.0, paint)
+
+
+def heatmaps(title: str, maps: Mapping[str, np.ndarray], labels: Sequence[str]) -> str:
+    """Square heat-maps in [0, 1] with the same labels on both axes, one per named map, four to a
+    row: for attention, queries down and keys across, darker is more."""
+    n = len(labels)
+    cols = min(len(maps), 4)
+    rows = -(-len(maps) // cols)
+    side = max(2.4, 0.16 * n + 1.2)
+    shown = [label if len(label) <= 12 else label[:11] + "…" for label in labels]
+
+    def paint(fig: Figure) -> None:
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            if i >= len(maps):
+                ax.set_axis_off()
+                continue
+            name, matrix = list(maps.items())[i]
+            ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks(range(n), shown if i // cols == rows - 1 or n <= 24 else [], rotation=90, fontsize=6)
+            ax.set_yticks(range(n), shown if i % cols == 0 else [], fontsize=6)
+        fig.suptitle(title, x=0.01, ha="left", fontweight="bold")
+
+    return _draw(side * cols, side * rows + 0.5, paint)

@@ -96,6 +96,7 @@ def _run_model(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
 
 
 def _run_pretrain(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.pretrain.report import FIGURES
     from tokenmill.pretrain.stage import pretrain_stage
 
     # Checkpoints live beside the stage folder so that a killed run resumes from the last one;
@@ -117,7 +118,7 @@ def _run_pretrain(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
         work,
         resume=True,
     )
-    return StageResult(metrics=metrics, figures=["loss.svg", "lr.svg"])
+    return StageResult(metrics=metrics, figures=FIGURES)
 
 
 def _run_align(config: RunConfig, out: Path, run: RunFolder) -> StageResult:

@@ -2,6 +2,7 @@
 
 import json
 import xml.etree.ElementTree as ET
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from explorer_run import EMAIL, MARKUP, planted_corpus
 from tokenmill.errors import TokenmillError
 from tokenmill.explorer.app import explorer_app, mount_explorer
 from tokenmill.explorer.stages import latest_model
+from tokenmill.figures import line_chart
 
 LOCAL = "http://localhost"  # the explorer answers to loopback names only
 
@@ -62,6 +64,20 @@ def test_every_chart_a_panel_names_is_drawn(client):
                 assert client.get("/api/file", params={"path": path}).status_code == 200
 
 
+def test_a_finished_run_shows_the_stages_own_charts_each_once(client):
+    for number in [f"0{i}" for i in range(1, 9)]:
+        found = sections(client, number)
+        shown = [s["src"] for s in found if s["type"] == "chart"]
+        shown += [f"file?path={quote(f, safe='')}" for s in found if s["type"] == "figures" for f in s["files"]]
+        assert len(shown) == len(set(shown)), number  # no figure twice in a panel
+        # Every stage has finished: each chart is a file its stage wrote, none drawn by the explorer.
+        assert all(src.startswith("file?path=") for src in shown), number
+    charts = {s["title"]: s["src"] for s in sections(client, "05", "chart")}
+    assert charts == {"loss and validation loss": "file?path=05_pretrain%2Floss.svg",
+                      "learning rate": "file?path=05_pretrain%2Flr.svg",
+                      "gradient norm": "file?path=05_pretrain%2Fgrad_norm.svg"}
+
+
 def test_sources_and_sizes(client, tiny_run):
     stats = json.loads((tiny_run / "01_data" / "stats.json").read_text())
     table = titled(sections(client, "01", "table"), "sources")
@@ -75,7 +91,8 @@ def test_curation_funnel_samples_duplicates_and_redactions(client, tiny_run):
     per_filter = titled(sections(client, "02", "table"), "per filter")
     assert [r[0] for r in per_filter["rows"]] == [b["name"] for b in stats["blocks"]]
     assert [r[2] for r in per_filter["rows"]] == [f"{b['docs_in'] - b['docs_out']:,}" for b in stats["blocks"]]
-    funnel = svg_root(client, "/api/chart/02/funnel.svg")
+    assert titled(sections(client, "02", "chart"), "what each filter removed")["src"] == "file?path=02_curate%2Fcuration.svg"
+    funnel = svg_root(client, "/api/file?path=02_curate/curation.svg")
     assert len(funnel.findall(".//{http://www.w3.org/2000/svg}g")) > len(stats["blocks"])
 
     samples = sections(client, "02", "samples")[0]["groups"]
@@ -168,26 +185,29 @@ def test_alignment_of_the_run(client, tiny_run):
     found = sections(client, "06")
     brief = dict(titled(found, "alignment, in brief")["items"])
     assert brief["rm_accuracy"] == f"{summary['rm_accuracy']:.4g}" and "methods" not in brief
-    charts = [s["src"] for s in found if s["type"] == "chart"]
-    assert {"chart/06/sft-loss.svg", "chart/06/rm-accuracy.svg", "chart/06/dpo-accuracy.svg",
-            "chart/06/ppo-reward.svg", "chart/06/ppo-kl.svg"} <= set(charts)
-    for src in charts:
-        svg_root(client, f"/api/{src}")
+    figures = {s["title"]: s["files"] for s in found if s["type"] == "figures"}
+    assert figures == {
+        "SFT: figures written by the stage": ["06_align/sft/accuracy.svg", "06_align/sft/loss.svg"],
+        "RM: figures written by the stage": ["06_align/rm/accuracy.svg", "06_align/rm/loss.svg"],
+        "DPO: figures written by the stage": ["06_align/dpo/accuracy.svg", "06_align/dpo/loss.svg", "06_align/dpo/rewards.svg"],
+        "PPO: figures written by the stage": ["06_align/ppo/kl.svg", "06_align/ppo/kl_coef.svg", "06_align/ppo/policy.svg",
+                                              "06_align/ppo/reward.svg"]}
+    for files in figures.values():
+        for path in files:
+            svg_root(client, f"/api/file?path={path}")
 
 
 def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     (tmp_path / "run").mkdir()
     assert [s["text"] for s in sections(TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL), "06")] == [
         "not run: 06_align is not in this run folder yet"]
-    # The folder layout stage 06 writes, filled by hand here: the panel must chart what it holds.
+    # The folder layout stage 06 writes, filled by hand here: the panel must show what it holds.
     root = tmp_path / "run" / "06_align"
-    logs = {"sft": [{"step": s, "loss": 3 - s / 10} for s in range(5)],
-            "rm": [{"step": s, "loss": 0.7 - s / 20, "accuracy": 0.5 + s / 10} for s in range(5)],
-            "dpo": [{"step": s, "loss": 0.69, "margins": s / 4, "accuracy": 0.6} for s in range(5)],
-            "ppo": [{"step": s, "reward": s / 3, "kl": s / 50, "entropy": 2.0} for s in range(5)]}
-    for method, rows in logs.items():
+    drawn = {"sft": ["loss.svg"], "rm": ["accuracy.svg", "loss.svg"], "dpo": [], "ppo": ["kl.svg", "reward.svg"]}
+    for method, names in drawn.items():
         (root / method).mkdir(parents=True)
-        (root / method / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for name in names:
+            (root / method / name).write_text(line_chart(name, [("x", [(0, 1.0), (1, 2.0)])]))
         (root / method / "summary.json").write_text(json.dumps({"steps": 5}))
     (root / "cai").mkdir()
     (root / "cai" / "critiques.jsonl").write_text(json.dumps(
@@ -195,16 +215,17 @@ def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     (root / "summary.json").write_text(json.dumps({"rm_accuracy": 0.9}))
     c = TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL)
     found = sections(c, "06")
-    charts = {s["src"]: s["title"] for s in found if s["type"] == "chart"}
-    assert charts == {"chart/06/sft-loss.svg": "SFT loss", "chart/06/rm-accuracy.svg": "reward-model accuracy",
-                      "chart/06/rm-loss.svg": "reward-model loss", "chart/06/dpo-margin.svg": "DPO reward margins",
-                      "chart/06/dpo-accuracy.svg": "DPO preference accuracy", "chart/06/dpo-loss.svg": "DPO loss",
-                      "chart/06/ppo-reward.svg": "PPO reward", "chart/06/ppo-kl.svg": "PPO KL to the reference"}
-    for src in charts:
-        svg_root(c, f"/api/{src}")
+    figures = {s["title"]: s["files"] for s in found if s["type"] == "figures"}
+    assert figures == {"SFT: figures written by the stage": ["06_align/sft/loss.svg"],
+                       "RM: figures written by the stage": ["06_align/rm/accuracy.svg", "06_align/rm/loss.svg"],
+                       "PPO: figures written by the stage": ["06_align/ppo/kl.svg", "06_align/ppo/reward.svg"]}
+    assert not [s for s in found if s["type"] == "chart"]  # the explorer draws none of its own
+    for files in figures.values():
+        for path in files:
+            svg_root(c, f"/api/file?path={path}")
     cai = next(s for s in found if s["type"] == "samples")["groups"][0]["items"][0]
     assert cai["parts"] == [["prompt", "hi"], ["original", "rude"], ["critique", "it is rude"], ["revision", "polite"]]
-    assert c.get("/api/chart/06/sft-kl.svg").status_code == 404
+    assert c.get("/api/chart/06/sft-loss.svg").status_code == 404
 
 
 def test_a_rerun_of_pretraining_shows_its_own_steps_not_the_last_runs(tmp_path):
@@ -215,17 +236,29 @@ def test_a_rerun_of_pretraining_shows_its_own_steps_not_the_last_runs(tmp_path):
     (run / "05_pretrain" / "report.json").write_text(json.dumps({"steps": 300, "final": {"val_loss": 4.4}}))
     c = TestClient(explorer_app(run), base_url=LOCAL)
 
-    def shown(status: str) -> tuple[list, str]:
+    for name in ("loss.svg", "lr.svg", "grad_norm.svg"):  # the finished run's figures
+        (run / "05_pretrain" / name).write_text(line_chart(name, [("x", [(0, 1.0), (300, 2.0)])]))
+
+    def shown(status: str) -> tuple[list, str, list]:
         (run / "manifest.json").write_text(json.dumps({"stages": {"05_pretrain": {"status": status}}}))
         found = sections(c, "05")
         notes = [x["text"] for x in found if x["type"] == "note"]
         steps = dict(next(x for x in found if x["type"] == "facts" and x["title"] == "the run")["items"]).get("steps")
-        return notes, steps
+        images = [x["src"] for x in found if x["type"] == "chart"] + [f for x in found if x["type"] == "figures"
+                                                                     for f in x["files"]]
+        return notes, steps, images
 
-    notes, steps = shown("running")  # `--from 05` re-runs: the finished folder stays until the new one replaces it
+    notes, steps, images = shown("running")  # `--from 05` re-runs: the finished folder stays until the new one replaces it
     assert "training is in progress: the charts show the steps logged so far" in notes and steps is None
-    notes, steps = shown("done")
+    # The charts are drawn live from the steps logged so far; the last run's files are not shown.
+    assert images == ["chart/05/loss.svg", "chart/05/lr.svg", "chart/05/grad_norm.svg"]
+    for src in images:
+        svg_root(c, f"/api/{src}")
+    (run / "05_pretrain.work" / "metrics.jsonl").write_text("")
+    assert c.get("/api/chart/05/loss.svg").status_code == 404  # no step logged yet
+    notes, steps, images = shown("done")
     assert not any("in progress" in n for n in notes) and steps == "300"
+    assert images == ["file?path=05_pretrain%2Floss.svg", "file?path=05_pretrain%2Flr.svg", "file?path=05_pretrain%2Fgrad_norm.svg"]
 
 
 def test_files_only_from_inside_the_run(client, tiny_run, tmp_path):

@@ -156,9 +156,10 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
         save_model(policy, tmp)
         copy_tokenizer(sft_dir, tmp)
         charts = write_charts(tmp, f"DPO ({config.loss})", metrics, {
-            "loss": ["loss", "eval_loss"],
-            "rewards": ["rewards_chosen", "rewards_rejected", "eval_rewards_chosen", "eval_rewards_rejected"],
-            "accuracy": ["accuracy", "eval_accuracy"],
+            "loss": (["loss", "eval_loss"], "DPO loss (nats per pair)"),
+            "rewards": (["rewards_chosen", "rewards_rejected", "eval_rewards_chosen", "eval_rewards_rejected"],
+                        "implicit reward β·log(π/π_ref) (nats)"),
+            "accuracy": (["accuracy", "eval_accuracy"], "share of pairs with chosen > rejected"),
         })
         final = metrics[-1]
         summary = {

@@ -43,7 +43,7 @@ from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json, write_text
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
-from tokenmill.figures import line_chart_svg
+from tokenmill.figures import line_chart
 from tokenmill.model.generate import Generation, generate
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.transformer import Transformer
@@ -214,17 +214,18 @@ def write_figures(metrics: list[dict], out_dir: Path, config: PpoConfig) -> list
     def line(key: str) -> list[tuple[float, float]]:
         return [(m["step"], m[key]) for m in metrics if key in m]
 
-    write_text(out_dir / "reward.svg", line_chart_svg(
-        "PPO: reward-model score of the policy's answers", [("reward", line("reward"))], "step", "score"))
-    write_text(out_dir / "kl.svg", line_chart_svg(
-        "PPO: KL to the reference, nats per answer", [("KL", line("kl"))], "step", "nats",
+    write_text(out_dir / "reward.svg", line_chart(
+        "PPO: reward-model score of the policy's answers", [("reward", line("reward"))], "step", "reward-model score"))
+    write_text(out_dir / "kl.svg", line_chart(
+        "PPO: KL to the reference", [("KL", line("kl"))], "step", "KL (nats per answer)",
         hlines=[("KL target", config.kl_target)]))
-    write_text(out_dir / "kl_coef.svg", line_chart_svg(
-        "PPO: KL coefficient β", [("β", line("kl_coef"))], "step", "β"))
-    write_text(out_dir / "policy.svg", line_chart_svg(
+    write_text(out_dir / "kl_coef.svg", line_chart(
+        "PPO: KL coefficient β", [("β", line("kl_coef"))], "step", "β (reward per nat of KL)"))
+    write_text(out_dir / "policy.svg", line_chart(
         "Policy: entropy per token, clip fraction, approximate KL per step",
-        [("entropy", line("entropy")), ("clip fraction", line("clip_fraction")), ("approx KL", line("approx_kl"))],
-        "step", ""))
+        [("entropy (nats per token)", line("entropy")), ("clip fraction", line("clip_fraction")),
+         ("approx KL (nats per token)", line("approx_kl"))],
+        "step", "nats, or share of tokens clipped"))
     return ["reward.svg", "kl.svg", "kl_coef.svg", "policy.svg"]
 
 

@@ -142,7 +142,10 @@ def train_reward_model(
         before = held_out(model, evaluate, config, device)
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "rm")
         save_reward_model(model, tmp, sft_dir)
-        charts = write_charts(tmp, "reward model", metrics, {"loss": ["loss", "eval_loss"], "accuracy": ["accuracy", "eval_accuracy"]})
+        charts = write_charts(tmp, "reward model", metrics, {
+            "loss": (["loss", "eval_loss"], "-log σ(r chosen - r rejected) (nats per pair)"),
+            "accuracy": (["accuracy", "eval_accuracy"], "share of pairs ranked right"),
+        })
         final = metrics[-1]
         summary = {
             "steps": len(metrics),

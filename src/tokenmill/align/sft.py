@@ -90,7 +90,10 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "sft")
         save_model(model, tmp)
         copy_tokenizer(base_dir, tmp)
-        charts = write_charts(tmp, "SFT", metrics, {"loss": ["loss", "eval_loss"], "accuracy": ["token_accuracy", "eval_token_accuracy"]})
+        charts = write_charts(tmp, "SFT", metrics, {
+            "loss": (["loss", "eval_loss"], "cross-entropy (nats per answer token)"),
+            "accuracy": (["token_accuracy", "eval_token_accuracy"], "next-token accuracy on answers"),
+        })
         final = metrics[-1]
         summary = {
             "steps": len(metrics),

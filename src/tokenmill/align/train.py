@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tokenmill.align.config import TrainConfig
 from tokenmill.atomic import write_text
 from tokenmill.device import autocast, autocast_dtype, pick_device
-from tokenmill.figures import line_chart_svg
+from tokenmill.figures import line_chart
 from tokenmill.model.io import load_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
@@ -124,13 +124,15 @@ def optimize(
     return metrics
 
 
-def write_charts(out_dir: Path, title: str, metrics: list[dict], charts: dict[str, list[str]]) -> list[str]:
-    """One SVG line chart per entry {file stem: [metric keys]}, against the step."""
+def write_charts(out_dir: Path, title: str, metrics: list[dict], charts: dict[str, tuple[list[str], str]]) -> list[str]:
+    """One SVG line chart per entry {file stem: ([metric keys], y-axis label with its unit)}, against
+    the step; an `eval_` key is named as held-out."""
     written = []
-    for stem, keys in charts.items():
-        series = [(k, [(m["step"], m[k]) for m in metrics if k in m]) for k in keys]
+    for stem, (keys, ylabel) in charts.items():
+        series = [(k.replace("eval_", "held-out ").replace("_", " "), [(m["step"], m[k]) for m in metrics if k in m])
+                  for k in keys]
         series = [s for s in series if s[1]]
         if series:
-            write_text(out_dir / f"{stem}.svg", line_chart_svg(f"{title}: {stem.replace('_', ' ')}", series, "step"))
+            write_text(out_dir / f"{stem}.svg", line_chart(f"{title}: {stem.replace('_', ' ')}", series, "step", ylabel))
             written.append(f"{stem}.svg")
     return written

@@ -40,7 +40,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tokenmill.atomic import write_json, write_text
-from tokenmill.figures import bar_chart_svg, human_bytes
+from tokenmill.figures import grouped_bars, human_bytes
 from tokenmill.shards import ShardWriter, read_shards
 from tokenmill.sources.document import Document
 
@@ -245,11 +245,13 @@ def mixture_report(mixture: Mixture, plan: MixturePlan, census: list[Census], mi
 
 def write_mixture_report(out_dir: Path, report: dict[str, Any]) -> None:
     write_json(out_dir / "mixture.json", report)
-    rows = []
-    for domain, d in report["domains"].items():
-        rows.append((f"{domain} raw", d["raw_share"], f"{d['raw_share']:.1%}  {human_bytes(d['bytes_before'])}"))
-        rows.append((f"{domain} mixed", d["effective_share"], f"{d['effective_share']:.1%}  {human_bytes(d['bytes_after'])}  (x{d['weight']:g})"))
-    write_text(out_dir / "mixture.svg", bar_chart_svg("Domain shares: raw corpus vs training mixture", rows))
+    domains = report["domains"]
+    write_text(out_dir / "mixture.svg", grouped_bars(
+        "Domain shares: raw corpus vs training mixture",
+        [f"{name}\n×{d['weight']:g}, {human_bytes(d['bytes_after'])}" for name, d in domains.items()],
+        {"raw": [d["raw_share"] for d in domains.values()],
+         "effective (after mixing)": [d["effective_share"] for d in domains.values()]},
+        "share of the bytes", percent=True))
 
 
 def _sum_census(census: list[Census]) -> Census:

@@ -38,7 +38,7 @@ from tokenmill.curate.block import BlockStats, FitContext
 from tokenmill.curate.ngram import NGramLM, paragraphs
 from tokenmill.curate.reference import census, choose_reference, extract, in_held_out, rank, read_sample, sampling_rate
 from tokenmill.curate.trained import TrainedBlock, distribution
-from tokenmill.figures import bar_chart_svg
+from tokenmill.figures import bar_chart
 from tokenmill.shards import read_shards
 from tokenmill.sources.document import PROSE_DOMAINS, Document
 
@@ -138,9 +138,10 @@ class PerplexityFilter(TrainedBlock):
             "examples": _examples(sample, ppl_by_domain, scored),
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }
-        write_text(ctx.workdir / CHART_FILE, bar_chart_svg(
+        write_text(ctx.workdir / CHART_FILE, bar_chart(
             f"Median perplexity under the {'+'.join(reference)} {self.order}-gram LM",
             [(k, v["median"], f"{v['median']:.1f}") for k, v in metrics["perplexity"].items()],
+            "median perplexity (lower is closer to the reference)",
         ))
         shutil.rmtree(ctx.workdir / "sample", ignore_errors=True)
         self.finish_fit(ctx.workdir, state, metrics)

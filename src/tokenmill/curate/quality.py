@@ -40,7 +40,7 @@ from tokenmill.curate.ngram import normalize
 from tokenmill.curate.reference import census, choose_reference, extract, in_held_out, read_sample, sampling_rate
 from tokenmill.curate.trained import TrainedBlock, distribution
 from tokenmill.errors import TokenmillError
-from tokenmill.figures import bar_chart_svg
+from tokenmill.figures import bar_chart
 from tokenmill.sources.document import PROSE_DOMAINS, Document
 
 if TYPE_CHECKING:  # scikit-learn is imported where it is used: reading a config must stay quick
@@ -194,9 +194,10 @@ class QualityClassifier(TrainedBlock):
             "top_features": _top_features(model, pos_train[:NAMING_DOCS] + neg_train[:NAMING_DOCS]),
             "seconds": {"sample": round(sample_seconds, 3), "train": round(train_seconds, 3)},
         }
-        write_text(ctx.workdir / CHART_FILE, bar_chart_svg(
+        write_text(ctx.workdir / CHART_FILE, bar_chart(
             f"Median quality score (P({'+'.join(positive)})) by domain, held-out and sampled documents",
             [(d, v["median"], f"{v['median']:.3f}") for d, v in metrics["score_by_domain"].items()],
+            "median quality score (probability, 0 to 1)",
         ))
         shutil.rmtree(ctx.workdir / "sample", ignore_errors=True)
         self.finish_fit(ctx.workdir, state, metrics)

@@ -16,7 +16,7 @@ from tokenmill.curate.block import Block, BlockStats, CorpusBlock
 from tokenmill.curate.pii import PIIRedactor
 from tokenmill.curate.trained import METRICS_FILE
 from tokenmill.curate.workdir import DONE
-from tokenmill.figures import bar_chart_svg, human_bytes
+from tokenmill.figures import funnel_chart, human_bytes
 
 FIT_SUMMARIES = (DONE, METRICS_FILE)  # a corpus block's own summary of its fit, copied into stats.json
 
@@ -138,10 +138,14 @@ def write_samples(path: Path, blocks: list[dict]) -> None:
 
 
 def kept_chart(report: dict[str, Any]) -> str:
-    rows = [("input", report["input"]["bytes"], f"{human_bytes(report['input']['bytes'])}, {report['input']['docs']:,} docs")]
+    """The funnel of documents through the blocks: what each left, and what it removed."""
+    first = report["input"]
+    steps = [("input", first["docs"], 0, f"{first['docs']:,} ({human_bytes(first['bytes'])})")]
     for b in report["blocks"]:
-        rows.append((b["name"], b["bytes_out"], f"{human_bytes(b['bytes_out'])}, {b['docs_out']:,} docs"))
-    return bar_chart_svg("Text left after each curation block", rows)
+        removed = b["docs_in"] - b["docs_out"]
+        note = f"{b['docs_out']:,} left ({human_bytes(b['bytes_out'])})" + (f", {removed:,} removed" if removed else "")
+        steps.append((b["name"], b["docs_out"], removed, note))
+    return funnel_chart("Documents left after each curation block", steps)
 
 
 def print_table(report: dict[str, Any], out: Any) -> None:

@@ -3,7 +3,7 @@
     /                       the page (static/index.html, explorer.js, explorer.css)
     /api/run                the blocks: status and key figure of each
     /api/panel/NN           what block NN's panel shows (see panels.py)
-    /api/chart/NN/NAME.svg  a chart, drawn by matplotlib from the run's files
+    /api/chart/NN/NAME.svg  a chart of a stage still running, drawn from its logs (see progress.py)
     /api/file?path=P        a figure or stats file of the run; nothing outside the run folder
     /api/tokenize           POST {"text"}: the tokens of a text
     /api/attention          POST {"model", "prompt"}: the tokens; /api/attention.svg draws one layer
@@ -27,12 +27,12 @@ from fastapi.staticfiles import StaticFiles
 
 from tokenmill.deploy.serve.guard import Guard
 from tokenmill.errors import TokenmillError
-from tokenmill.explorer import charts
 from tokenmill.explorer.files import CONTENT_TYPES, OutsideRun, inside, read_json
 from tokenmill.explorer.live import Live, engine_stats
 from tokenmill.explorer.panels import panel
-from tokenmill.explorer.plots import NoChart, draw
+from tokenmill.explorer.progress import NoChart, draw
 from tokenmill.explorer.stages import BLOCKS, block_status, model_folders
+from tokenmill.figures import heatmaps
 
 STATIC = Path(__file__).parent / "static"
 PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -130,7 +130,8 @@ def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = N
         labels, probs = live.attention(model, prompt)
         if not 0 <= layer < probs.shape[0]:
             raise TokenmillError(f"layer {layer} is outside 0..{probs.shape[0] - 1}")
-        return _svg(charts.attention_heads(f"layer {layer}: attention of each head", probs[layer], labels))
+        heads = {f"head {h}": p for h, p in enumerate(probs[layer])}
+        return _svg(heatmaps(f"layer {layer}: attention of each head", heads, labels))
 
     @app.get("/api/engine")
     def engine_state() -> dict:

@@ -1,10 +1,6 @@
-"""What each block's panel shows, read from the run folder: a list of sections the page draws.
-
-A section is a dict with a `type` (facts, chart, figures, table, samples, pairs, redactions,
-architecture, tokenize, attention, engine, chat, note) and that type's fields. Every value is
-data; the page puts it into the document as text. Charts are named by URL (`chart/NN/NAME.svg`,
-drawn by charts.py on request); a stage's own figures by their path inside the run.
-"""
+"""What each block's panel shows, read from the run folder: a list of sections the page draws
+(see sections.py). The panels of the data blocks and the model are here, those of training and
+deployment in training.py."""
 
 from __future__ import annotations
 
@@ -12,61 +8,23 @@ from pathlib import Path
 
 from tokenmill.explorer.documents import dedup_pairs, redaction_examples
 from tokenmill.explorer.files import read_json
-from tokenmill.explorer.stages import BLOCKS, block_status, model_folders, stage_status
+from tokenmill.explorer.sections import each_figure_once, facts, figure, note, stage_facts, stage_figures, table
+from tokenmill.explorer.stages import BLOCKS, block_status, model_folders
+from tokenmill.explorer.training import align_panel, deploy_panel, pretrain_panel
 from tokenmill.figures import human_bytes
-
-
-def facts(title: str, items: list[tuple[str, object]]) -> dict:
-    return {"type": "facts", "title": title, "items": [[k, _show(v)] for k, v in items if v is not None]}
-
-
-def chart(title: str, src: str) -> dict:
-    return {"type": "chart", "title": title, "src": src}
-
-
-def table(title: str, columns: list[str], rows: list[list]) -> dict:
-    return {"type": "table", "title": title, "columns": columns, "rows": [[_show(c) for c in r] for r in rows]}
-
-
-def note(text: str) -> dict:
-    return {"type": "note", "text": text}
-
-
-def _show(v: object) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.4g}"
-    return str(v)
-
-
-def stage_figures(run_dir: Path, folder: str) -> dict | None:
-    """The SVG figures the stage itself wrote (the manifest lists them), shown as they are."""
-    entry = (read_json(run_dir / "manifest.json", {}) or {}).get("stages", {}).get(folder, {})
-    names = entry.get("figures") or sorted(p.name for p in (run_dir / folder).glob("*.svg"))
-    files = [f"{folder}/{n}" for n in names if (run_dir / folder / n).is_file()]
-    return {"type": "figures", "title": f"figures written by {folder}", "files": files} if files else None
-
-
-def stage_facts(run_dir: Path, folder: str) -> dict:
-    entry = (read_json(run_dir / "manifest.json", {}) or {}).get("stages", {}).get(folder, {})
-    return facts(f"{folder}", [("status", stage_status(run_dir, folder)), ("wall time (s)", entry.get("wall_time_s")),
-                               ("finished", entry.get("finished_at"))])
 
 
 # --- 01 and 02 -------------------------------------------------------------------------------
 
 
-def data_panel(run_dir: Path) -> list[dict]:
+def data_panel(run_dir: Path) -> list[dict | None]:
     stats = read_json(run_dir / "01_data" / "stats.json", {}) or {}
     sections = [
         stage_facts(run_dir, "01_data"),
         facts("the raw corpus", [("documents", stats.get("documents")), ("size", human_bytes(stats.get("bytes", 0))),
                                  ("units skipped", stats.get("skipped_total")), ("repaired", stats.get("repaired_total")),
                                  ("read in (s)", stats.get("seconds"))]),
-        chart("size of each domain", "chart/01/domains.svg"),
+        figure(run_dir, "size of each domain", "01_data/domains.svg"),
         table("sources", ["source", "documents", "bytes"],
               [[s.get("source"), s.get("documents"), human_bytes(s.get("bytes", 0))] for s in stats.get("sources", [])]),
         table("domains", ["domain", "documents", "bytes"],
@@ -75,10 +33,10 @@ def data_panel(run_dir: Path) -> list[dict]:
               [[reason, v.get("count"), (v.get("examples") or [{}])[0].get("location", ""),
                 (v.get("examples") or [{}])[0].get("detail", "")] for reason, v in stats.get("skipped", {}).items()]),
     ]
-    return sections + [s for s in [stage_figures(run_dir, "01_data")] if s]
+    return sections + [stage_figures(run_dir, "01_data")]
 
 
-def curate_panel(run_dir: Path) -> list[dict]:
+def curate_panel(run_dir: Path) -> list[dict | None]:
     folder = run_dir / "02_curate"
     stats = read_json(folder / "stats.json", {}) or {}
     totals, blocks = stats.get("totals", {}), stats.get("blocks", [])
@@ -88,7 +46,7 @@ def curate_panel(run_dir: Path) -> list[dict]:
         facts("documents", [("in", totals.get("docs_in")), ("kept", totals.get("docs_out")),
                             ("after mixing", mixture.get("docs_after")), ("bytes in", human_bytes(totals.get("bytes_in", 0))),
                             ("bytes kept", human_bytes(totals.get("bytes_out", 0)))]),
-        chart("what each filter removed", "chart/02/funnel.svg"),
+        figure(run_dir, "what each filter removed", "02_curate/curation.svg"),
         table("per filter", ["filter", "documents in", "removed", "bytes removed", "reasons"],
               [[b["name"], b.get("docs_in"), b.get("docs_in", 0) - b.get("docs_out", 0),
                 human_bytes(b.get("bytes_in", 0) - b.get("bytes_out", 0)),
@@ -109,17 +67,17 @@ def curate_panel(run_dir: Path) -> list[dict]:
     sections.append({"type": "redactions", "title": "redactions in the curated text", "examples": redaction_examples(run_dir)})
     domains = mixture.get("domains", {})
     if domains:
-        sections.append(chart("the mixture: raw and effective share", "chart/02/mixture.svg"))
+        sections.append(figure(run_dir, "the mixture: raw and effective share", "02_curate/mixture.svg"))
         sections.append(table("mixture", ["domain", "weight", "raw share", "effective share", "repeats", "bytes after"],
                               [[d, v.get("weight"), f"{v.get('raw_share', 0):.1%}", f"{v.get('effective_share', 0):.1%}",
                                 v.get("effective_repeats"), human_bytes(v.get("bytes_after", 0))] for d, v in domains.items()]))
-    return sections + [s for s in [stage_figures(run_dir, "02_curate")] if s]
+    return sections + [stage_figures(run_dir, "02_curate")]
 
 
 # --- 03 and 04 --------------------------------------------------------------------------------
 
 
-def tokenizer_panel(run_dir: Path) -> list[dict]:
+def tokenizer_panel(run_dir: Path) -> list[dict | None]:
     folder = run_dir / "03_tokenizer"
     stats = read_json(folder / "stats.json", {}) or {}
     meta = read_json(folder / "tokenmill_tokenizer.json", {}) or {}
@@ -136,7 +94,7 @@ def tokenizer_panel(run_dir: Path) -> list[dict]:
         {"type": "tokenize", "title": "tokenize your own text"},
     ]
     if compression:
-        sections.append(chart("compression per domain", "chart/03/compression.svg"))
+        sections.append(figure(run_dir, "compression per domain", "03_tokenizer/compression.svg"))
         sections.append(table("compression", ["domain", "documents", "bytes per token", "tokens per word"],
                               [[d, v.get("documents"), v.get("bytes_per_token"), v.get("tokens_per_word")]
                                for d, v in compression.items()]))
@@ -144,14 +102,14 @@ def tokenizer_panel(run_dir: Path) -> list[dict]:
     longest = stats.get("longest_tokens", [])[:15]
     if longest:
         sections.append(table("longest tokens", ["id", "token", "bytes"], [[t.get("id"), t.get("text"), t.get("bytes")] for t in longest]))
-    return sections + [s for f in ("03_tokenizer", "03_encode") if (s := stage_figures(run_dir, f))]
+    return sections + [stage_figures(run_dir, "03_tokenizer"), stage_figures(run_dir, "03_encode")]
 
 
 def model_config(run_dir: Path) -> dict:
     return read_json(run_dir / "04_model" / "model.json", {}) or {}
 
 
-def architecture_panel(run_dir: Path) -> list[dict]:
+def architecture_panel(run_dir: Path) -> list[dict | None]:
     params = read_json(run_dir / "04_model" / "params.json", {}) or {}
     counts, flops = params.get("parameters", {}), params.get("flops_per_token", {})
     sections = [
@@ -162,7 +120,7 @@ def architecture_panel(run_dir: Path) -> list[dict]:
                                          ("non-embedding", counts.get("non_embedding")),
                                          ("forward FLOPs per token", flops.get("forward")),
                                          ("training FLOPs per token", flops.get("training"))]),
-        chart("parameters per role", "chart/04/params.svg"),
+        figure(run_dir, "parameters per role", "04_model/params.svg"),
         table("parameters per role", ["role", "tensors", "parameters", "share"],
               [[r, v.get("tensors"), v.get("params"), f"{v.get('share', 0):.1%}"] for r, v in params.get("roles", {}).items()]),
     ]
@@ -173,7 +131,7 @@ def architecture_panel(run_dir: Path) -> list[dict]:
     return sections
 
 
-def weights_panel(run_dir: Path) -> list[dict]:
+def weights_panel(run_dir: Path) -> list[dict | None]:
     models = model_folders(run_dir)
     if not models:
         return [note("not run: no model folder yet (stage 05 writes the first)")]
@@ -187,13 +145,11 @@ def weights_panel(run_dir: Path) -> list[dict]:
         table("model folders", ["model", "folder", "size", "quantized"], rows),
         {"type": "attention", "title": "attention on your prompt", "models": models,
          "layers": config.get("n_layers"), "heads": config.get("n_heads")},
-        chart("parameters per role", "chart/04/params.svg"),
+        figure(run_dir, "parameters per role", "04_model/params.svg"),
     ]
 
 
 def panel(run_dir: Path, number: str, engine_info: dict) -> dict:
-    from tokenmill.explorer.training import align_panel, deploy_panel, pretrain_panel
-
     b = next(b for b in BLOCKS if b.number == number)
     status = block_status(run_dir, b)
     builders = {"01": data_panel, "02": curate_panel, "03": tokenizer_panel, "04": architecture_panel,
@@ -204,4 +160,4 @@ def panel(run_dir: Path, number: str, engine_info: dict) -> dict:
         sections = [note(f"not run: {', '.join(b.folders)} is not in this run folder yet")]
     else:
         sections = builders[number](run_dir)
-    return {"number": number, "title": b.title, "status": status, "sections": sections}
+    return {"number": number, "title": b.title, "status": status, "sections": each_figure_once(sections)}

@@ -5,26 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenmill.explorer.files import read_json, read_jsonl
-from tokenmill.explorer.panels import chart, facts, note, stage_facts, stage_figures, table
-from tokenmill.explorer.stages import stage_status
+from tokenmill.explorer.progress import pretrain_logs
+from tokenmill.explorer.sections import chart, facts, figure, note, stage_facts, stage_figures, table
 from tokenmill.figures import human_bytes
 
 ALIGN_METHODS = ("sft", "rm", "dpo", "ppo")
-# The figures each alignment method is judged by; a key is charted when its name contains one.
-ALIGN_CHARTS = {
-    "sft": (("loss", "SFT loss"),),
-    "rm": (("accuracy", "reward-model accuracy"), ("loss", "reward-model loss")),
-    "dpo": (("margin", "DPO reward margins"), ("accuracy", "DPO preference accuracy"), ("loss", "DPO loss")),
-    "ppo": (("reward", "PPO reward"), ("kl", "PPO KL to the reference")),
-}
-
-
-def pretrain_logs(run_dir: Path) -> Path | None:
-    """Where the training logs are: the work folder while the stage runs (a re-run leaves the
-    last run's folder in place until it finishes), else the finished stage's folder."""
-    finished, work = run_dir / "05_pretrain", run_dir / "05_pretrain.work"
-    order = (work, finished) if stage_status(run_dir, "05_pretrain") == "running" else (finished, work)
-    return next((folder for folder in order if (folder / "metrics.jsonl").is_file()), None)
+# Pre-training's charts, (NAME, title): the stage writes NAME.svg; while it runs the explorer draws them live.
+PRETRAIN_CHARTS = (("loss", "loss and validation loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"))
 
 
 def checkpoints(run_dir: Path) -> list[list]:
@@ -43,7 +30,7 @@ def checkpoints(run_dir: Path) -> list[list]:
     return sorted(rows, key=lambda r: (r[1] or 0, r[0]))
 
 
-def pretrain_panel(run_dir: Path) -> list[dict]:
+def pretrain_panel(run_dir: Path) -> list[dict | None]:
     logs = pretrain_logs(run_dir)
     if logs is None:
         return [note("not run: no training logs in 05_pretrain yet")]
@@ -61,9 +48,8 @@ def pretrain_panel(run_dir: Path) -> list[dict]:
                           ("device", report.get("device")), ("precision", report.get("precision")),
                           ("seconds", report.get("seconds")),
                           ("tokens per parameter", report.get("chinchilla", {}).get("tokens_per_param"))]),
-        chart("loss and validation loss", "chart/05/loss.svg"),
-        chart("learning rate", "chart/05/lr.svg"),
-        chart("gradient norm", "chart/05/grad_norm.svg"),
+        *(chart(title, f"chart/05/{name}.svg") if in_progress else figure(run_dir, title, f"05_pretrain/{name}.svg")
+          for name, title in PRETRAIN_CHARTS),
         table("checkpoints (golden ones are kept for good)", ["kind", "step", "tokens", "folder"], checkpoints(run_dir)),
     ]
     events = read_jsonl(logs / "events.jsonl")
@@ -76,32 +62,10 @@ def pretrain_panel(run_dir: Path) -> list[dict]:
             {"title": "samples", "count": len(samples),
              "items": [{"id": f"step {s.get('step')}", "meta": f"prompt: {s.get('prompt', '')}", "text": s.get("text", "")}
                        for s in samples]}]})
-    return sections + [s for s in [stage_figures(run_dir, "05_pretrain")] if s]
+    return sections + [None if in_progress else stage_figures(run_dir, "05_pretrain")]
 
 
-def align_series(run_dir: Path, method: str) -> dict[str, list[tuple[float, float]]]:
-    """Every numeric figure of a method's metrics.jsonl, as (step, value) points."""
-    series: dict[str, list[tuple[float, float]]] = {}
-    for i, row in enumerate(read_jsonl(run_dir / "06_align" / method / "metrics.jsonl")):
-        step = row.get("step", i)
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                series.setdefault(k, []).append((step, float(v)))
-    return series
-
-
-def align_chart_keys(run_dir: Path, method: str) -> list[tuple[str, str, list[str]]]:
-    """(chart name, title, metric keys) of the charts a method's metrics allow."""
-    keys = list(align_series(run_dir, method))
-    out = []
-    for word, title in ALIGN_CHARTS.get(method, ()):
-        chosen = [k for k in keys if word in k.lower()]
-        if chosen:
-            out.append((f"{method}-{word}", title, chosen))
-    return out
-
-
-def align_panel(run_dir: Path) -> list[dict]:
+def align_panel(run_dir: Path) -> list[dict | None]:
     root = run_dir / "06_align"
     if not root.is_dir():
         return [note("not run: 06_align is not in this run folder yet")]
@@ -118,8 +82,7 @@ def align_panel(run_dir: Path) -> list[dict]:
             continue
         own = read_json(folder / "summary.json", {}) or {}
         sections.append(facts(method.upper(), [(k, v) for k, v in own.items() if not isinstance(v, (dict, list))]))
-        for name, title, _ in align_chart_keys(run_dir, method):
-            sections.append(chart(title, f"chart/06/{name}.svg"))
+        sections.append(stage_figures(run_dir, f"06_align/{method}", f"{method.upper()}: figures written by the stage"))
     examples = read_jsonl(root / "cai" / "critiques.jsonl", limit=6)
     if examples:
         sections.append({"type": "samples", "title": "constitutional AI: original, critique, revision", "groups": [
@@ -140,7 +103,7 @@ def _text(v: object) -> str:
     return str(v)
 
 
-def deploy_panel(run_dir: Path, engine_info: dict) -> list[dict]:
+def deploy_panel(run_dir: Path, engine_info: dict) -> list[dict | None]:
     folder = run_dir / "08_quantize"
     sections = []
     if folder.is_dir():
@@ -164,9 +127,7 @@ def deploy_panel(run_dir: Path, engine_info: dict) -> list[dict]:
                                    for name, r in rows.items()]))
         else:
             sections.append(note("the comparison table was not made (quantize.eval was off)"))
-        figures = stage_figures(run_dir, "08_quantize")
-        if figures:
-            sections.append(figures)
+        sections.append(stage_figures(run_dir, "08_quantize"))
     else:
         sections.append(note("not run: 08_quantize is not in this run folder yet"))
     sections.append({"type": "engine", "title": "the serving engine, live", **engine_info})

@@ -7,13 +7,13 @@ LLaMA-70B as well as for a trained folder. Attention patterns and nearest tokens
 from __future__ import annotations
 
 import re
-from html import escape
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tokenmill.atomic import write_json, write_text
+from tokenmill.figures import bar_chart, heatmaps, human_count
 from tokenmill.model.config import ModelConfig
 from tokenmill.model.io import TIED
 from tokenmill.model.transformer import Transformer
@@ -65,13 +65,6 @@ def role_totals(rows: list[dict]) -> dict[str, dict]:
     return totals
 
 
-def human_count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}" if n / size < 100 else f"{n / size:.0f}{unit}"
-    return f"{n:.0f}"
-
-
 def _shape(shape: list[int]) -> str:
     return " × ".join(f"{d:,}" for d in shape)
 
@@ -100,10 +93,8 @@ def format_breakdown(rows: list[dict], every_tensor: bool = False) -> str:
 
 
 def roles_chart(totals: dict[str, dict]) -> str:
-    from tokenmill.figures import bar_chart_svg
-
     bars = [(role, t["params"], f"{human_count(t['params'])} ({t['share']:.1%})") for role, t in totals.items() if t["params"]]
-    return bar_chart_svg("parameters per role", bars)
+    return bar_chart("Parameters per role", bars, "parameters", human_count)
 
 
 def load_tokenizer(folder: Path):
@@ -141,35 +132,8 @@ def save_attention(folder: Path, probs: np.ndarray, labels: list[str], ids: list
         "probs": np.round(probs, 4).tolist(),  # [layer][head][query][key]
     })
     svg = f"attention_L{layer}_H{head}.svg"
-    write_text(folder / svg, heatmap_svg(probs[layer, head], labels, f"attention, layer {layer}, head {head}"))
+    write_text(folder / svg, heatmaps(f"attention, layer {layer}", {f"head {head}": probs[layer, head]}, labels))
     return ["attention.npz", "attention.json", svg]
-
-
-def heatmap_svg(matrix: np.ndarray, labels: list[str], title: str, cell: int = 18) -> str:
-    """Rows are queries, columns keys; darker is more attention."""
-    n = len(labels)
-    left, top = 110, 40 + 100
-    width, height = left + n * cell + 20, top + n * cell + 20
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="system-ui, sans-serif" font-size="11">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="12" y="22" font-size="14" font-weight="bold">{escape(title)}</text>',
-    ]
-    for i, label in enumerate(labels):
-        text = escape(label[:14])
-        parts.append(f'<text x="{left - 6}" y="{top + i * cell + 13}" text-anchor="end">{text}</text>')
-        x = left + i * cell + 13
-        parts.append(f'<text x="{x}" y="{top - 6}" transform="rotate(-60 {x} {top - 6})">{text}</text>')
-    for i in range(n):
-        for j in range(n):
-            p = float(matrix[i, j])
-            shade = int(255 * (1 - p))
-            parts.append(
-                f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" '
-                f'fill="rgb({shade},{shade},255)"><title>{escape(labels[i])} → {escape(labels[j])}: {p:.3f}</title></rect>'
-            )
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
 
 
 @torch.no_grad()

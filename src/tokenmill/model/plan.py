@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tokenmill.errors import TokenmillError
-from tokenmill.figures import human_bytes
-from tokenmill.model.anatomy import human_count, role_totals, tensor_rows
+from tokenmill.figures import human_bytes, human_count
+from tokenmill.model.anatomy import role_totals, tensor_rows
 from tokenmill.model.config import ModelConfig
 
 WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "int8": 1, "int4": 0.5}

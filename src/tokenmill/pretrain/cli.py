@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Train a model by next-token prediction on the token shards of `tokenmill encode`: AdamW, warmup and "
             "cosine decay, gradient accumulation, autocast, checkpoints of the full state (torch.distributed."
             "checkpoint) with golden checkpoints and a loss-spike guard. Writes into DIR: checkpoints/, "
-            "metrics.jsonl, samples.jsonl, events.jsonl, loss.svg, lr.svg, report.json and model/ (model.json, "
+            "metrics.jsonl, samples.jsonl, events.jsonl, loss.svg, lr.svg, grad_norm.svg, report.json and model/ (model.json, "
             "model.safetensors and the tokenizer). Under torchrun, pretrain.dp/fsdp/tp/pp choose the layout, "
             "e.g. `torchrun --nproc_per_node 4 -m tokenmill pretrain CONFIG ... --set pretrain.fsdp=2 --set "
             "pretrain.tp=2`. See docs/pretrain.md."

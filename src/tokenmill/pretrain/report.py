@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from tokenmill.atomic import write_text
-from tokenmill.figures import line_chart_svg
+from tokenmill.figures import line_chart
 
 # Dense 16-bit tensor-core peaks (FLOP/s) from the vendors' data sheets; the first match of the
 # device name wins (so "H100 PCIe" before "H100", "L40S" before "L4").
@@ -22,6 +22,8 @@ PEAK_FLOPS_16BIT = (
     ("L4", 121e12),
     ("V100", 125e12),
 )
+
+FIGURES = ["loss.svg", "lr.svg", "grad_norm.svg"]
 
 # Hoffmann et al. (2022), Chinchilla: compute-optimal training uses about 20 tokens per parameter.
 CHINCHILLA_TOKENS_PER_PARAM = 20
@@ -58,15 +60,28 @@ def chinchilla(params: int, tokens: int) -> dict:
     }
 
 
+def _points(metrics: list[dict], key: str) -> list[tuple[float, float]]:
+    return [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float)) and "step" in m]
+
+
+def loss_chart(metrics: list[dict], baselines: dict[str, float]) -> str:
+    """Train and validation loss against the step, with reference lines (name -> loss)."""
+    return line_chart("Loss", [("train", _points(metrics, "loss")), ("validation", _points(metrics, "val_loss"))],
+                      "step", "cross-entropy (nats per token)", hlines=list(baselines.items()))
+
+
+def lr_chart(metrics: list[dict]) -> str:
+    return line_chart("Learning rate", [("learning rate", _points(metrics, "lr"))], "step", "learning rate")
+
+
+def grad_norm_chart(metrics: list[dict]) -> str:
+    return line_chart("Gradient norm (before clipping)", [("gradient norm", _points(metrics, "grad_norm"))], "step",
+                      "global L2 norm of the gradients", log_y=True)
+
+
 def write_figures(metrics: list[dict], out: Path, baselines: dict[str, float]) -> list[str]:
-    """loss.svg (train and validation loss, with reference lines) and lr.svg."""
-    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
-    val = [(m["step"], m["val_loss"]) for m in metrics if "val_loss" in m]
-    write_text(out / "loss.svg", line_chart_svg(
-        "Loss (nats per token)", [("train", train), ("validation", val)], "step", "cross-entropy",
-        hlines=list(baselines.items()),
-    ))
-    write_text(out / "lr.svg", line_chart_svg(
-        "Learning rate", [("lr", [(m["step"], m["lr"]) for m in metrics if "lr" in m])], "step", "lr",
-    ))
-    return ["loss.svg", "lr.svg"]
+    """loss.svg (train and validation loss, with reference lines), lr.svg and grad_norm.svg."""
+    write_text(out / "loss.svg", loss_chart(metrics, baselines))
+    write_text(out / "lr.svg", lr_chart(metrics))
+    write_text(out / "grad_norm.svg", grad_norm_chart(metrics))
+    return FIGURES

@@ -20,7 +20,7 @@ def pretrain_stage(
 ) -> dict:
     """Train; checkpoints and logs go to `work_dir` (which should outlive a killed run, so that
     `resume` continues it), and `out_dir` gets model/ (model.json, model.safetensors, tokenizer
-    files), metrics.jsonl, samples.jsonl, events.jsonl, loss.svg, lr.svg and report.json.
+    files), metrics.jsonl, samples.jsonl, events.jsonl, loss.svg, lr.svg, grad_norm.svg and report.json.
     Returns the key metrics."""
     report = train(read_config(model_json), Path(tokens_dir), tokenizer_dir, config, Path(work_dir), Path(out_dir), resume)
     final, speed = report.get("final", {}), report.get("throughput", {})

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tokenmill.atomic import write_json, write_text
-from tokenmill.figures import bar_chart_svg, human_bytes
+from tokenmill.figures import bar_chart, human_bytes
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.base import SourceConfig
 from tokenmill.sources.document import SkipLog
@@ -67,7 +67,7 @@ def collect(sources: list[SourceConfig], out_dir: str | Path, shard_bytes: int =
     }
     write_json(out_dir / "stats.json", stats)
     rows = [(d, v["bytes"], f"{human_bytes(v['bytes'])}, {v['documents']:,} docs") for d, v in stats["domains"].items()]
-    write_text(out_dir / "domains.svg", bar_chart_svg("Raw text per domain", rows))
+    write_text(out_dir / "domains.svg", bar_chart("Raw text per domain", rows, "bytes", human_bytes))
     print_stats(stats)
     skips.print_summary()
     return stats

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tokenmill.atomic import write_json, write_text
 from tokenmill.compression import open_binary
 from tokenmill.errors import TokenmillError
-from tokenmill.figures import bar_chart_svg
+from tokenmill.figures import bar_chart, human_count
 from tokenmill.sources.document import Document
 from tokenmill.tokenizer.config import EncodeConfig
 from tokenmill.tokenizer.tokenizer import Tokenizer, utf8_size
@@ -223,7 +223,7 @@ def encode_corpus(
         (domain, row["train"]["tokens"] + row["val"]["tokens"], f"{row['train']['tokens'] + row['val']['tokens']:,}")
         for domain, row in sorted(tally.domains.items())
     ]
-    write_text(out / "tokens.svg", bar_chart_svg("Tokens per domain (train + val)", rows))
+    write_text(out / "tokens.svg", bar_chart("Tokens per domain (train + val)", rows, "tokens", human_count))
     return stats
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmill.atomic import write_json, write_text
-from tokenmill.figures import bar_chart_svg
+from tokenmill.figures import bar_chart
 from tokenmill.tokenizer.tokenizer import Tokenizer, utf8_size
 
 SAMPLE_SENTENCE = "The naïve café's tokenizer doesn't split 1,234,567 — or 東京 — the way you'd expect 🙂."
@@ -109,8 +109,10 @@ def write_stats(tok: Tokenizer, samples: Mapping[str, list[str]], out: Path) -> 
         (domain, row["bytes_per_token"], f"{row['bytes_per_token']:.2f} B/token, {row['tokens_per_word']:.2f} tokens/word")
         for domain, row in stats["compression"].items()
     ]
-    write_text(out / "compression.svg", bar_chart_svg(f"Bytes per token, vocabulary {tok.vocab_size:,}", rows))
+    write_text(out / "compression.svg", bar_chart(f"Bytes per token, vocabulary {tok.vocab_size:,}", rows,
+                                                  "bytes per token (more is better compression)"))
     vocab = stats["vocabulary"]
     rows = [(name.replace("_", " "), share, f"{share:.1%} ({vocab['counts'][name]:,})") for name, share in vocab["shares"].items()]
-    write_text(out / "vocabulary.svg", bar_chart_svg(f"What the {vocab['tokens']:,} learned tokens are", rows))
+    write_text(out / "vocabulary.svg", bar_chart(f"What the {vocab['tokens']:,} learned tokens are", rows,
+                                                  "share of the vocabulary", lambda v: f"{v:.0%}"))
     return stats

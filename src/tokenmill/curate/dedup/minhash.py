@@ -51,7 +51,7 @@ from tokenmill.curate.dedup.spill import (
 )
 from tokenmill.curate.dedup.unionfind import components
 from tokenmill.curate.workdir import DONE, open_workdir, shards_fingerprint
-from tokenmill.figures import bar_chart_svg
+from tokenmill.figures import bar_chart
 from tokenmill.shards import read_shards
 
 WORD = re.compile(r"\w+")
@@ -259,4 +259,4 @@ def _jaccard_chart(jaccard: np.ndarray) -> str:
     edges = np.linspace(0, 1, 11)
     counts, _ = np.histogram(jaccard, bins=edges)
     rows = [(f"{lo:.1f}-{hi:.1f}", float(n), f"{n:,}") for lo, hi, n in zip(edges[:-1], edges[1:], counts)]
-    return bar_chart_svg("Near-duplicates removed, by estimated Jaccard to the kept copy", rows)
+    return bar_chart("Near-duplicates removed, by estimated Jaccard to the kept copy", rows, "documents")

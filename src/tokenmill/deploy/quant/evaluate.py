@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tokenmill.deploy.quant.quantize import CALIBRATED, quantize_model, scheme_for
 from tokenmill.deploy.quant.save import save_quantized
-from tokenmill.figures import bar_chart_svg, human_bytes
+from tokenmill.figures import bar_chart, human_bytes
 from tokenmill.model.generate import generate
 from tokenmill.model.io import WEIGHTS, copy_tokenizer, load_model, save_model
 from tokenmill.model.quant.linear import QuantLinear
@@ -160,12 +160,14 @@ def format_row(name: str, row: dict) -> str:
 def report_charts(rows: dict) -> dict[str, str]:
     """SVG bar charts of the comparison: perplexity, file size, decoding speed at each batch size."""
     charts = {
-        "eval_perplexity.svg": bar_chart_svg("Validation perplexity", [(n, r["perplexity"], f"{r['perplexity']:.3f}") for n, r in rows.items()]),
-        "eval_size.svg": bar_chart_svg("model.safetensors", [(n, r["file_bytes"], human_bytes(r["file_bytes"])) for n, r in rows.items()]),
+        "eval_perplexity.svg": bar_chart("Validation perplexity", [(n, r["perplexity"], f"{r['perplexity']:.3f}")
+                                                                   for n, r in rows.items()], "perplexity (lower is better)"),
+        "eval_size.svg": bar_chart("Size of model.safetensors", [(n, r["file_bytes"], human_bytes(r["file_bytes"]))
+                                                                 for n, r in rows.items()], "bytes", human_bytes),
     }
     for key in next(iter(rows.values())):
         if key.startswith("decode_tok_s_"):
             batch = key.removeprefix("decode_tok_s_")
-            charts[f"eval_decode_{batch}.svg"] = bar_chart_svg(
-                f"Decoding tokens/s, {batch}", [(n, r[key], f"{r[key]:,.0f}") for n, r in rows.items()])
+            charts[f"eval_decode_{batch}.svg"] = bar_chart(
+                f"Decoding speed, {batch}", [(n, r[key], f"{r[key]:,.0f}") for n, r in rows.items()], "tokens per second")
     return charts

@@ -16,7 +16,7 @@ from tokenmill.deploy.quant.evaluate import VARIANTS, compare, folder_bytes, lay
 from tokenmill.deploy.quant.quantize import CALIBRATED, quantize_model, scheme_for
 from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.errors import TokenmillError
-from tokenmill.figures import bar_chart_svg
+from tokenmill.figures import bar_chart
 from tokenmill.model.config import read_config
 from tokenmill.model.io import WEIGHTS, copy_tokenizer, load_model
 
@@ -101,12 +101,12 @@ def method_chart(info: dict) -> str | None:
     """GPTQ's estimated output error per layer, or AWQ's block output error against RTN's per scaling group."""
     if info["method"] == "gptq":
         rows = [(name.removeprefix("layers."), r["loss"], f"{r['loss']:.3g}") for name, r in info["layers"].items()]
-        return bar_chart_svg("GPTQ: estimated output error per layer", rows, width=720)
+        return bar_chart("GPTQ: estimated output error per layer", rows, "estimated squared output error (GPTQ's objective)")
     if info["method"] == "awq":
         rows = [(name.removeprefix("layers."), r["awq_error"] / r["rtn_error"] if r["rtn_error"] else 1.0,
                  f"α={r['alpha']:.2f}, {r['awq_error'] / r['rtn_error']:.2f}× RTN" if r["rtn_error"] else "exact")
                 for name, r in info["groups"].items()]
-        return bar_chart_svg("AWQ: block output error, as a share of RTN's", rows, width=720)
+        return bar_chart("AWQ: block output error, as a share of RTN's", rows, "output error / RTN's output error")
     return None
 
 
