@@ -242,8 +242,7 @@ def zeros_bomb(path: Path, mib: int) -> Path:
     with open(path, "wb") as f:
         if path.name.endswith(".zst"):
             compressor = zstandard.ZstdCompressor().compressobj()
-            for _ in range(mib):
-                f.write(compressor.compress(zeros))
+            f.writelines(compressor.compress(zeros) for _ in range(mib))
             f.write(compressor.flush())
         else:
             with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9) as gz:
