@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import stat
+import threading
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -231,3 +234,114 @@ def test_fingerprint_follows_content_and_config(tmp_path: Path) -> None:
     with open(path, "ab") as f:
         f.write(record(text="b") + b"\n")
     assert source.fingerprint() != first
+
+
+def zeros_bomb(path: Path, mib: int) -> Path:
+    """A compressed file of `mib` MiB of zero bytes, compressed as a stream: KiB on disk."""
+    zeros = bytes(1 << 20)
+    with open(path, "wb") as f:
+        if path.name.endswith(".zst"):
+            compressor = zstandard.ZstdCompressor().compressobj()
+            f.writelines(compressor.compress(zeros) for _ in range(mib))
+            f.write(compressor.flush())
+        else:
+            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9) as gz:
+                for _ in range(mib):
+                    gz.write(zeros)
+    return path
+
+
+@pytest.mark.parametrize("name", ["bomb.jsonl.zst", "bomb.jsonl.gz"])
+def test_decompression_bomb_is_skipped_in_flat_memory(tmp_path: Path, name: str) -> None:
+    bomb = zeros_bomb(tmp_path / name, 128)
+    assert bomb.stat().st_size < 200_000  # 128 MiB from at most 130 KiB (gzip stops near 1:1000)
+    after = write(tmp_path / "next.jsonl", [record(text="next file")])
+
+    tracemalloc.start()
+    try:
+        docs, skips = read(
+            JsonlSource(paths=[str(bomb), str(after)], max_doc_bytes=1_000_000, max_decompressed_bytes=8_000_000)
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert [d.text for d in docs] == ["next file"]
+    assert dict(skips.skipped) == {"decompression_limit": 1}
+    assert skip_locations(skips, "decompression_limit") == [f"{bomb}:1"]
+    assert "max_decompressed_bytes (8,000,000 bytes)" in skips.summary()["skipped"]["decompression_limit"]["examples"][0]["detail"]
+    # One decompression step (at most 16 MiB for zstandard) and one line read, not the 128 MiB.
+    assert peak < 48_000_000
+
+
+@pytest.mark.parametrize("name", ["docs.jsonl.zst", "docs.jsonl.gz"])
+def test_decompression_cap_keeps_the_lines_before_it(tmp_path: Path, name: str) -> None:
+    lines = lines_of(1000)
+    path = write(tmp_path / name, lines)
+    cap = sum(len(line) + 1 for line in lines[:300]) + 10  # 300 whole lines and a bit of the next
+
+    docs, skips = read(JsonlSource(paths=[str(path)], max_decompressed_bytes=cap))
+
+    assert [d.text for d in docs] == [json.loads(line)["text"] for line in lines[:300]]
+    assert skip_locations(skips, "decompression_limit") == [f"{path}:301"]
+    assert dict(skips.skipped) == {"decompression_limit": 1}
+    # The default cap is far above any ordinary file, and a plain file has none.
+    docs, skips = read(JsonlSource(paths=[str(path)]))
+    assert len(docs) == 1000 and not skips.skipped
+    plain = write(tmp_path / "docs.jsonl", lines)
+    docs, skips = read(JsonlSource(paths=[str(plain)], max_decompressed_bytes=cap))
+    assert len(docs) == 1000 and not skips.skipped
+
+
+def test_decompression_cap_is_validated() -> None:
+    assert JsonlSource(paths=["x"]).max_decompressed_bytes == 8_000_000_000
+    with pytest.raises(ValueError, match="max_decompressed_bytes"):
+        JsonlSource(paths=["x"], max_decompressed_bytes=0)
+
+
+def test_file_gone_or_turned_into_a_folder_after_listing(tmp_path: Path) -> None:
+    """A file listed, then removed or replaced (as a package manager does) is a skip, not the end."""
+    first = write(tmp_path / "a.jsonl", [record(text="a0"), record(text="a1")])
+    gone = write(tmp_path / "b.jsonl", [record(text="b0")])
+    folder = write(tmp_path / "c.jsonl.gz", [record(text="c0")])
+    last = write(tmp_path / "d.jsonl", [record(text="d0")])
+    source = JsonlSource(paths=[str(first), str(gone), str(folder), str(last)])
+    skips = SkipLog()
+    documents = source.documents(skips)
+    assert next(documents).text == "a0"  # every file is listed by now
+    gone.unlink()
+    folder.unlink()
+    folder.mkdir()
+
+    assert [d.text for d in documents] == ["a1", "d0"]
+    assert dict(skips.skipped) == {"unreadable": 2}
+    assert skip_locations(skips, "unreadable") == [str(gone), str(folder)]
+    # A path that a pattern lists but that is gone (a dangling link) leaves the fingerprint computable.
+    (tmp_path / "e.jsonl").symlink_to(tmp_path / "missing.jsonl")
+    listed = JsonlSource(paths=[str(tmp_path / "*.jsonl")])
+    assert listed.files()[-1] == tmp_path / "e.jsonl"
+    assert listed.fingerprint() == listed.fingerprint()
+
+
+def test_fifo_is_skipped_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    after = write(tmp_path / "after.jsonl", [record(text="after")])
+    docs, skips = read_in_thread(JsonlSource(paths=[str(fifo), str(after)]))
+    assert [d.text for d in docs] == ["after"]
+    assert skip_locations(skips, "special_file") == [str(fifo)]
+
+
+def read_in_thread(source: JsonlSource) -> tuple[list[Document], SkipLog]:
+    """`read`, failing the test instead of hanging it when reading blocks."""
+    result: list[tuple[list[Document], SkipLog]] = []
+    thread = threading.Thread(target=lambda: result.append(read(source)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        # Unblock the reader (a writer opens the FIFO) so that the process can end.
+        for path in source.paths:
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading blocked")
+    return result[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from tokenmill.sources.base import stat_fingerprint
 from tokenmill.sources.document import SkipLog
 from tokenmill.sources.local import DOMAIN_ORDER, LocalCorpusSource
 
@@ -222,3 +223,33 @@ def test_this_machine_with_a_small_cap() -> None:
     }
     found = {d.source for d in docs}
     assert {domain for domain, here in present.items() if here} <= found
+
+
+def test_files_changing_under_a_package_manager(tmp_path: Path) -> None:
+    """A package manager renames and removes files while the corpus is listed and read: each
+    such file is a skip, and the fingerprint and the read both finish."""
+    machine = _machine(tmp_path)
+    lic = machine["licenses_dir"]
+    for name in ("Apache-2.0", "BSD", "LGPL"):
+        _write(lic / name, f"The {name} licence text, which tells what may be done with the software.\n")
+    source = LocalCorpusSource(include=["legal"], **machine)
+    skips = SkipLog()
+    documents = source.documents(skips)
+    first = next(documents)  # every file is listed by now
+    listed = sorted(p.name for p in lic.iterdir() if p.name != "GPL")
+    gone = [name for name in listed if name != first.id.removeprefix("licenses/")][:2]
+    (lic / gone[0]).unlink()
+    (lic / gone[1]).unlink()
+    (lic / gone[1]).mkdir()  # a new package's folder where the file was
+
+    rest = list(documents)
+
+    assert len(rest) == len(listed) - 3
+    assert skips.skipped["unreadable"] == 2
+    assert sorted(e["location"] for e in skips.summary()["skipped"]["unreadable"]["examples"]) == sorted(
+        str(lic / name) for name in gone
+    )
+    # A listed file that is gone when the fingerprint looks at it counts by its error.
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "removed")
+    assert stat_fingerprint([lic / listed[0], dangling]) != stat_fingerprint([lic / listed[0]])

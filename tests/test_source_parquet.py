@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
+import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
@@ -94,3 +96,44 @@ def test_text_key_limit_and_size(tmp_path: Path) -> None:
     docs, skips = read(ParquetSource(paths=[str(path)], text_key="body", max_doc_bytes=100, limit=2))
     assert [(d.id, d.text) for d in docs] == [(f"{path}#0", "short"), (f"{path}#2", "third")]
     assert dict(skips.skipped) == {"too_large": 1}
+
+
+def test_oversized_rows_are_skipped_before_they_become_python_strings(tmp_path: Path) -> None:
+    big = "x" * 8_000_000
+    path = write(
+        tmp_path / "a.parquet",
+        {"text": ["first", big, "third", "fourth"], "html": ["<p>1</p>", "<p>2</p>", "y" * 3_000_000, "<p>4</p>"]},
+        row_group_size=2,
+    )
+
+    tracemalloc.start()
+    try:
+        docs, skips = read(ParquetSource(paths=[str(path)], max_doc_bytes=1_000_000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert [(d.id, d.text, d.meta["html"]) for d in docs] == [(f"{path}#0", "first", "<p>1</p>"), (f"{path}#3", "fourth", "<p>4</p>")]
+    assert dict(skips.skipped) == {"too_large": 2}
+    examples = skips.summary()["skipped"]["too_large"]["examples"]
+    assert [(e["location"], e["detail"]) for e in examples] == [
+        (f"{path}#1", "8,000,000 bytes > max_doc_bytes 1,000,000"),
+        (f"{path}#2", "3,000,000 bytes in column 'html' > max_doc_bytes 1,000,000"),
+    ]
+    assert peak < 2_000_000  # neither the 8 MB text nor the 3 MB value became a str
+
+
+def test_fifo_is_skipped_without_blocking(tmp_path: Path) -> None:
+    write(tmp_path / "a.parquet", {"text": ["a0"]})
+    os.mkfifo(tmp_path / "b.parquet")  # left out of a folder; named here, as a glob would
+    source = ParquetSource(paths=[str(tmp_path / "b.parquet"), str(tmp_path / "a.parquet")])
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(read(source)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(tmp_path / "b.parquet", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading blocked")
+    docs, skips = result[0]
+    assert [d.text for d in docs] == ["a0"]
+    assert dict(skips.skipped) == {"special_file": 1}

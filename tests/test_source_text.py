@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -168,3 +170,83 @@ def test_classify() -> None:
     assert classify("page.htm") == ("html", None)
     assert classify("LICENSE") == ("prose", None)
     assert classify("table.csv") == (None, None)
+
+
+def read_in_thread(*paths: Path, **options) -> tuple[list, SkipLog]:
+    """`read`, failing the test instead of hanging it when reading blocks on a FIFO."""
+    result: list[tuple[list, SkipLog]] = []
+    thread = threading.Thread(target=lambda: result.append(read(*paths, **options)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        for fifo in (p for folder in paths for p in folder.rglob("*") if p.is_fifo()):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer unblocks the reader
+        pytest.fail("reading blocked")
+    return result[0]
+
+
+def test_links_out_of_the_folder_and_special_files(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "secrets").mkdir(parents=True)
+    (outside / "secret.txt").write_text("a file beside the folder\n")
+    (outside / "secrets" / "key.md").write_text("a file in a folder beside it\n")
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("a\n")
+    (folder / "sub" / "b.txt").write_text("b\n")
+    (folder / "alias.txt").symlink_to("sub/b.txt")  # stays inside: read
+    (folder / "escape.txt").symlink_to(outside / "secret.txt")
+    (folder / "up.txt").symlink_to("../outside/secret.txt")
+    (folder / "linked").symlink_to(outside / "secrets")  # a folder out: not entered
+    (folder / "zero.txt").symlink_to("/dev/zero")
+    (folder / "self.txt").symlink_to("/proc/self/environ")
+    os.mkfifo(folder / "pipe.txt")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "sock.txt"))
+
+        docs, skips = read_in_thread(folder)
+
+    assert [(d.id, d.text) for d in docs] == [("corpus/a.txt", "a\n"), ("corpus/alias.txt", "b\n"), ("corpus/sub/b.txt", "b\n")]
+    assert skips.skipped == Counter({"outside_root": 5, "special_file": 2})
+    examples = skips.summary()["skipped"]
+    assert sorted(e["location"] for e in examples["outside_root"]["examples"]) == [
+        str(folder / name) for name in ("escape.txt", "linked", "self.txt", "up.txt", "zero.txt")
+    ]
+    assert [e["location"] for e in examples["special_file"]["examples"]] == [str(folder / "pipe.txt"), str(folder / "sock.txt")]
+    assert "a FIFO" in examples["special_file"]["examples"][0]["detail"]
+
+    # A glob pattern stays in the folder its fixed part names, through linked files and folders alike.
+    docs, skips = read(folder / "*.txt", folder / "*" / "*.md", exclude=["pipe.txt", "sock.txt"])
+    assert [d.id for d in docs] == ["corpus/a.txt", "corpus/alias.txt"]
+    assert skips.skipped == Counter({"outside_root": 5})
+    assert str(folder / "linked" / "key.md") in [e["location"] for e in skips.summary()["skipped"]["outside_root"]["examples"]]
+
+    # What is named directly is read wherever a link leads, unless it is not a regular file.
+    docs, skips = read(folder / "escape.txt", Path("/proc/self/status"), Path("/dev/null"))
+    assert [(d.id, d.text) for d in docs] == [("corpus/escape.txt", "a file beside the folder\n")]
+    assert skips.skipped == Counter({"special_file": 2})
+
+
+def test_files_gone_or_replaced_after_listing(tmp_path: Path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (folder / f"{name}.txt").write_text(f"{name}\n")
+    (folder / "dangling.txt").symlink_to(folder / "missing.txt")
+    source = TextFolderSource(paths=[str(folder)])
+    assert source.fingerprint() == source.fingerprint()  # the dangling link is listed, and fine
+
+    skips = SkipLog()
+    documents = source.documents(skips)
+    assert next(documents).text == "a\n"  # every file is listed by now
+    (folder / "b.txt").unlink()
+    (folder / "c.txt").unlink()
+    (folder / "c.txt").mkdir()
+    (folder / "d.txt").unlink()
+    os.mkfifo(folder / "d.txt")
+
+    assert list(documents) == []
+    assert skips.skipped == Counter({"unreadable": 3, "special_file": 1})
+    assert [e["location"] for e in skips.summary()["skipped"]["unreadable"]["examples"]] == [
+        str(folder / name) for name in ("b.txt", "c.txt", "dangling.txt")
+    ]

@@ -265,3 +265,97 @@ def test_fingerprint_follows_the_files(tmp_path: Path) -> None:
     path.write_bytes(response("https://example.org/1", False, page(2)) * 2)
     assert source.fingerprint() != before
     assert WarcSource(paths=[str(path)], domain="news").fingerprint() != source.fingerprint()
+
+
+def pages(gz: bool, n: int = 3) -> list[bytes]:
+    return [response(f"https://example.org/{i}", gz, page(i), rid=f"urn:uuid:page-{i}") for i in range(n)]
+
+
+def edit_plain(part: bytes, gz: bool, old: bytes, new: bytes) -> bytes:
+    plain = gzip.decompress(part) if gz else part
+    assert old in plain
+    plain = plain.replace(old, new, 1)
+    return gzip.compress(plain) if gz else plain
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["warc", "warc.gz"])
+@pytest.mark.parametrize(
+    "where", ["warc_header", "version_line", "http_header", "many_http_headers", "many_warc_headers"]
+)
+def test_oversized_header_skips_the_record(tmp_path: Path, gz: bool, where: str) -> None:
+    parts = pages(gz)
+    long = b"a" * 200_000
+    if where == "warc_header":
+        parts[1] = edit_plain(parts[1], gz, b"WARC/1.0\r\n", b"WARC/1.0\r\nWARC-Padding: " + long + b"\r\n")
+    elif where == "version_line":
+        parts[1] = edit_plain(parts[1], gz, b"WARC/1.0\r\n", b"WARC/1.0" + long + b"\r\n")
+    elif where == "many_warc_headers":
+        many = b"".join(b"WARC-Padding-%d: x\r\n" % i for i in range(2000))
+        parts[1] = edit_plain(parts[1], gz, b"WARC/1.0\r\n", b"WARC/1.0\r\n" + many)
+    else:
+        extra = [("Set-Cookie", "a" * 200_000)] if where == "http_header" else [(f"X-Padding-{i}", "x") for i in range(2000)]
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html"), *extra], protocol="HTTP/1.1")
+        parts[1] = record("response", "https://example.org/1", gz, page(1), http, "urn:uuid:page-1")
+    path = tmp_path / ("big.warc.gz" if gz else "big.warc")
+    path.write_bytes(b"".join(parts))
+
+    docs, skips = read(path)
+
+    assert [(d.id, d.text) for d in docs] == [("urn:uuid:page-0", page_text(0)), ("urn:uuid:page-2", page_text(2))]
+    assert skips.skipped == Counter({"oversized_header": 1})
+    assert locations(skips, "oversized_header") == [f"{path}@{len(parts[0])}"]
+
+
+def test_header_line_running_to_the_end_of_the_file(tmp_path: Path) -> None:
+    parts = pages(False, 2)
+    tail = b"WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: https://example.org/" + b"a" * 3_000_000
+    path = tmp_path / "cut.warc"
+    path.write_bytes(b"".join(parts) + tail)
+
+    docs, skips = read(path)
+
+    assert [d.id for d in docs] == ["urn:uuid:page-0", "urn:uuid:page-1"]
+    assert skips.skipped == Counter({"oversized_header": 1, "truncated_file": 1})
+    assert locations(skips, "truncated_file") == [f"{path}@{len(parts[0]) + len(parts[1])}"]
+
+
+@pytest.mark.parametrize("layout", ["members", "whole_file"])
+def test_decompression_cap(tmp_path: Path, layout: str) -> None:
+    parts = pages(layout == "members")
+    bomb = b"<html><body><p>" + b" " * 16_000_000 + b"</p></body></html>"
+    parts[2] = response("https://example.org/bomb", layout == "members", bomb, rid="urn:uuid:bomb")
+    parts.append(response("https://example.org/3", layout == "members", page(3), rid="urn:uuid:page-3"))
+    data = b"".join(parts) if layout == "members" else gzip.compress(b"".join(parts))
+    assert len(data) < 100_000
+    path = tmp_path / "bomb.warc.gz"
+    path.write_bytes(data)
+
+    docs, skips = read(path, max_decompressed_bytes=4_000_000)
+
+    assert [d.id for d in docs] == ["urn:uuid:page-0", "urn:uuid:page-1"]
+    assert skips.skipped == Counter({"decompression_limit": 1})
+    assert locations(skips, "decompression_limit") == [f"{path}@{len(parts[0]) + len(parts[1])}"]
+    # Under the default cap the same file reads whole.
+    docs, skips = read(path)
+    assert [d.id for d in docs] == ["urn:uuid:page-0", "urn:uuid:page-1", "urn:uuid:page-3"]
+    assert skips.skipped == Counter({"too_large": 1})
+
+
+def test_file_gone_or_replaced_after_listing(tmp_path: Path) -> None:
+    names = ["a.warc", "b.warc", "c.warc.gz", "d.warc"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(response(f"https://example.org/{i}", name.endswith(".gz"), page(i), rid=f"urn:uuid:{i}"))
+    (tmp_path / "e.warc").symlink_to(tmp_path / "missing.warc")
+    source = WarcSource(paths=[str(tmp_path / "*.warc*")])
+    assert source.fingerprint() == source.fingerprint()  # the dangling link is listed, and fine
+
+    skips = SkipLog()
+    documents = source.documents(skips)
+    assert next(documents).id == "urn:uuid:0"  # every file is listed by now
+    (tmp_path / "b.warc").unlink()
+    (tmp_path / "c.warc.gz").unlink()
+    (tmp_path / "c.warc.gz").mkdir()
+
+    assert [d.id for d in documents] == ["urn:uuid:3"]
+    assert skips.skipped == Counter({"unreadable": 3})
+    assert locations(skips, "unreadable") == [str(tmp_path / name) for name in ("b.warc", "c.warc.gz", "e.warc")]

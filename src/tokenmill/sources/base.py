@@ -16,6 +16,7 @@ from abc import abstractmethod
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Annotated
 
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,18 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # A document above this size is almost always a dump, a log or a data file, not prose.
 DEFAULT_MAX_DOC_BYTES = 10_000_000
+# Decompressed size at which a .gz or .zst file is read no further: above any real WARC or
+# JSONL shard of the common crawls (~5 GB), far below what a decompression bomb expands to.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 8_000_000_000
+
+MaxDecompressedBytes = Annotated[
+    int,
+    Field(
+        gt=0,
+        description="A .gz or .zst file that expands past this many bytes is read no further "
+        "(a decompression bomb): the rest of it is skipped as 'decompression_limit'.",
+    ),
+]
 
 
 class SourceConfig(BaseModel):
@@ -83,14 +96,27 @@ def expand_paths(patterns: list[str], suffixes: tuple[str, ...] | None = None) -
 
 
 def stat_fingerprint(paths: list[Path], *extra: str) -> str:
-    """Hash of each file's path, size and modification time (as make does), plus `extra` strings."""
+    """Hash of each file's path, size and modification time (as make does), plus `extra` strings.
+
+    A file that is gone or cannot be looked at since it was listed (a package manager renames
+    its files while a run lists /usr/share) counts by its error: reading it records the skip.
+    """
     h = xxhash.xxh3_64()
     for p in paths:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as e:
+            h.update(os.fsencode(p) + f"\0error {e.errno}\n".encode())
+            continue
         h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     for e in extra:
         h.update(e.encode())
     return h.hexdigest()
+
+
+def within(path: str, real_root: str) -> bool:
+    """Whether the real path `path` is `real_root` or below it (both as `os.path.realpath` gives them)."""
+    return os.path.commonpath([path, real_root]) == real_root
 
 
 def replace_surrogates(s: str) -> str:
@@ -119,8 +145,7 @@ def decode_text(raw: bytes, skips: SkipLog, location: str, max_bytes: int) -> st
     except UnicodeDecodeError as e:
         text = raw.decode("utf-8", errors="replace")
         skips.repair("invalid_utf8", location, f"first bad byte at offset {e.start}")
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     if not text.strip():
         skips.skip("empty", location)
         return None

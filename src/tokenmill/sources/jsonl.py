@@ -2,8 +2,9 @@
 
 Files are read line by line as bytes, never whole, and a line longer than `max_doc_bytes` is
 read on in bounded chunks and dropped without being parsed: one 50 MB line in a dump costs
-a counter, not 50 MB of JSON objects. Every line that does not become a document is recorded
-in the `SkipLog` with its `path:LINE` (1-based, as an editor shows it) and reading goes on.
+a counter, not 50 MB of JSON objects. A compressed file is read no further than
+`max_decompressed_bytes`. Every line that does not become a document is recorded in the
+`SkipLog` with its `path:LINE` (1-based, as an editor shows it) and reading goes on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import json
 from collections.abc import Iterator
 from typing import BinaryIO, ClassVar, Literal
 
-from tokenmill.compression import TRUNCATION_ERRORS, open_binary
+from tokenmill.compression import (
+    TRUNCATION_ERRORS,
+    DecompressionLimitExceeded,
+    SpecialFileError,
+    open_binary,
+)
+from tokenmill.sources.base import DEFAULT_MAX_DECOMPRESSED_BYTES, MaxDecompressedBytes
 from tokenmill.sources.document import Document, SkipLog
 from tokenmill.sources.records import RecordFileSource, record_document
 
@@ -59,11 +66,12 @@ class JsonlSource(RecordFileSource):
 
     suffixes: ClassVar[tuple[str, ...]] = JSONL_SUFFIXES
     kind: Literal["jsonl"] = "jsonl"
+    max_decompressed_bytes: MaxDecompressedBytes = DEFAULT_MAX_DECOMPRESSED_BYTES
 
     def _file_documents(self, path: str, skips: SkipLog) -> Iterator[Document]:
         lineno = 0
         try:
-            with open_binary(path) as stream:
+            with open_binary(path, self.max_decompressed_bytes) as stream:
                 for raw, size in _read_lines(stream, self.max_doc_bytes):
                     lineno += 1
                     doc = self._line_document(raw, size, f"{path}:{lineno}", lineno, skips)
@@ -72,8 +80,13 @@ class JsonlSource(RecordFileSource):
         except TRUNCATION_ERRORS as e:
             # Every complete line before the break has been yielded; the one in progress is lost.
             skips.skip("truncated_file", f"{path}:{lineno + 1}", str(e))
-        except OSError as e:
-            skips.skip("unreadable", path, str(e))
+        except DecompressionLimitExceeded as e:
+            # As for a cut: what came before stays, the line in progress and the rest do not.
+            skips.skip("decompression_limit", f"{path}:{lineno + 1}", str(e))
+        except SpecialFileError as e:
+            skips.skip("special_file", path, str(e))
+        except OSError as e:  # gone, a directory, a disk error: the file stops here, the run goes on
+            skips.skip("unreadable", path if lineno == 0 else f"{path}:{lineno + 1}", str(e))
 
     def _line_document(
         self, raw: bytes | None, size: int, location: str, lineno: int, skips: SkipLog

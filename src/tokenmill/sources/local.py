@@ -38,8 +38,19 @@ import xxhash
 from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
-from tokenmill.compression import TRUNCATION_ERRORS, open_binary, strip_compression_suffix
-from tokenmill.sources.base import SourceConfig, check_text, decode_text, stat_fingerprint
+from tokenmill.compression import (
+    TRUNCATION_ERRORS,
+    SpecialFileError,
+    open_binary,
+    strip_compression_suffix,
+)
+from tokenmill.sources.base import (
+    SourceConfig,
+    check_text,
+    decode_text,
+    stat_fingerprint,
+    within,
+)
 from tokenmill.sources.document import Document, SkipLog
 
 LocalDomain = Literal["code", "reference", "manuals", "web", "legal"]
@@ -327,7 +338,7 @@ def _walk(root: Path, skips: SkipLog, keep_dir: Callable[[str], bool], keep_file
         if not os.path.isfile(target):
             if not os.path.exists(target):
                 skips.skip("broken_link", str(path), target)
-        elif not target.startswith(real_root + os.sep):
+        elif not within(target, real_root):
             skips.skip("outside_root", str(path), target)
         elif target in taken:
             skips.skip("duplicate", str(path), f"same file as {target}")
@@ -352,12 +363,18 @@ def _ids(prefix: str, files: Files) -> Files:
 
 
 def _read(path: Path, skips: SkipLog, max_bytes: int) -> str | None:
+    """The text of a file, or None (recorded in `skips`). The folders read are the system's own,
+    which a package manager may be changing meanwhile: a file gone or swapped since it was
+    listed is a skip, never the end of the run."""
     location = str(path)
     try:
         with open_binary(path) as f:
             raw = f.read(max_bytes + 1)  # enough to tell a too-large file without reading all of it
     except TRUNCATION_ERRORS as e:
         skips.skip("truncated", location, str(e))
+        return None
+    except SpecialFileError as e:
+        skips.skip("special_file", location, str(e))
         return None
     except OSError as e:
         skips.skip("unreadable", location, str(e))

@@ -5,23 +5,34 @@ Code (by extension, well-known name or `#!` line) is tagged with its language an
 their main text; Markdown, reStructuredText, plain text and extension-less files are prose.
 Files of any other type (images, archives, data such as JSON or CSV) are skipped as
 "unknown_type" without being read, unless `include` names them: then they are read as prose.
+
+A folder may come from anyone, so no symbolic link is followed out of it ("outside_root"),
+and FIFOs, devices, sockets and the kernel's files under /proc and /sys are skipped as
+"special_file" without being opened in a way that could block.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import glob
+import itertools
 import os
-import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field
 
+from tokenmill.compression import SpecialFileError, open_regular
 from tokenmill.errors import TokenmillError
-from tokenmill.sources.base import SourceConfig, decode_text, replace_surrogates, stat_fingerprint
+from tokenmill.sources.base import (
+    SourceConfig,
+    decode_text,
+    replace_surrogates,
+    stat_fingerprint,
+    within,
+)
 from tokenmill.sources.document import Document, SkipLog
 from tokenmill.sources.html import EXTRACTOR_VERSION, extract_page
 
@@ -61,6 +72,12 @@ PROSE_SUFFIXES = (".md", ".markdown", ".rst", ".txt", ".text")
 Kind = Literal["code", "latex", "html", "prose"]
 
 
+class _File(NamedTuple):
+    path: Path
+    id: str
+    boundary: str | None  # the real path of the folder it must stay in; None: may lead anywhere
+
+
 class TextFolderSource(SourceConfig):
     """Folders, files and glob patterns of text files: one document per file."""
 
@@ -73,44 +90,53 @@ class TextFolderSource(SourceConfig):
     exclude: list[str] = Field(default_factory=list, description="Leave out files matching one of these globs.")
 
     def fingerprint(self) -> str:
-        return stat_fingerprint([path for path, _ in self.files()], self.model_dump_json(), EXTRACTOR_VERSION)
+        return stat_fingerprint([f.path for f in self.files()], self.model_dump_json(), EXTRACTOR_VERSION)
 
     def read(self, skips: SkipLog) -> Iterator[Document]:
-        for path, doc_id in self.files(skips):
-            doc = self._document(path, doc_id, skips)
+        for file in self.files(skips):
+            doc = self._document(file, skips)
             if doc is not None:
                 yield doc
 
-    def files(self, skips: SkipLog | None = None) -> list[tuple[Path, str]]:
-        """(path, id) of each file to read, in a stable order.
+    def files(self, skips: SkipLog | None = None) -> list[_File]:
+        """Each file to read, in a stable order, with its id and the folder it must stay in.
 
         The id is the path below the folder the file was found under, prefixed by that
         folder's name (the whole folder path where two folders share a name). A file named
-        directly was found under its parent. Hidden folders and files inside a folder are
-        left out; `skips`, when given, counts the folders that cannot be listed.
+        directly was found under its parent, and may be a link to anywhere: its reader chose
+        it; one matched by a glob pattern must stay in the folder the pattern starts from.
+        Hidden folders and files inside a folder are left out; `skips`, when given, counts the
+        folders that cannot be listed and the linked folders that lead out.
         """
-        found: list[tuple[Path, Path]] = []  # (root, file)
+        found: list[tuple[Path, Path, str | None]] = []  # (root, file, boundary)
         for pattern in self.paths:
-            matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+            pattern = os.path.expanduser(pattern)
+            matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 raise TokenmillError(f"input not found: {pattern}")
+            pattern_root = os.path.realpath(_fixed_prefix(pattern)) if glob.has_magic(pattern) else None
             for match in map(Path, matches):
                 if match.is_dir():
-                    found.extend((match, f) for f in _walk(match, skips))
+                    boundary = os.path.realpath(match)
+                    if pattern_root is not None and not within(boundary, pattern_root):
+                        if skips is not None:  # a linked folder the pattern went through
+                            skips.skip("outside_root", str(match), f"a link to {boundary}")
+                        continue
+                    found.extend((match, f, boundary) for f in _walk(match, boundary, skips))
                 else:
-                    found.append((match.parent, match))
-        resolved = {root: root.resolve() for root in {root for root, _ in found}}
+                    found.append((match.parent, match, pattern_root))
+        resolved = {root: root.resolve() for root in {root for root, _, _ in found}}
         shared = {name for name, n in Counter(r.name for r in set(resolved.values())).items() if n > 1}
         seen: set[Path] = set()
         files = []
-        for root, path in found:
+        for root, path, boundary in found:
             rel = path.relative_to(root).as_posix()
             if path in seen or not self._selected(path.name, rel):
                 continue
             seen.add(path)
             name = resolved[root].name
             prefix = root.as_posix() if name in shared or not name else name
-            files.append((path, f"{prefix}/{rel}"))
+            files.append(_File(path, f"{prefix}/{rel}", boundary))
         return files
 
     def _selected(self, name: str, rel: str) -> bool:
@@ -122,16 +148,17 @@ class TextFolderSource(SourceConfig):
             return False
         return self.include is None or any(map(matches, self.include))
 
-    def _document(self, path: Path, doc_id: str, skips: SkipLog) -> Document | None:
+    def _document(self, file: _File, skips: SkipLog) -> Document | None:
+        path = file.path
         # A file name that is not UTF-8 decodes to lone surrogates, which no shard can hold.
-        location, doc_id = replace_surrogates(str(path)), replace_surrogates(doc_id)
+        location, doc_id = replace_surrogates(str(path)), replace_surrogates(file.id)
         kind, language = classify(path.name)
         if kind is None:
             if self.include is None:  # when set, `include` named this file: read it as prose
                 skips.skip("unknown_type", location, path.suffix)
                 return None
             kind = "prose"
-        raw = self._read(path, location, skips)
+        raw = self._read(file, location, skips)
         if raw is None:
             return None
         text = decode_text(raw, skips, location, self.max_doc_bytes)
@@ -154,17 +181,24 @@ class TextFolderSource(SourceConfig):
         domain = {"code": self.code_domain, "latex": self.latex_domain}.get(kind, self.domain)
         return Document(id=doc_id, text=text, source=domain, meta=meta)
 
-    def _read(self, path: Path, location: str, skips: SkipLog) -> bytes | None:
+    def _read(self, file: _File, location: str, skips: SkipLog) -> bytes | None:
+        # The real path is checked, and that path is opened: not the link, which could be re-pointed.
+        target = os.path.realpath(file.path)
+        if file.boundary is not None and not within(target, file.boundary):
+            skips.skip("outside_root", location, f"a link to {target}")
+            return None
         try:
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
-                skips.skip("unreadable", location, "not a regular file")
-                return None
-            if st.st_size > self.max_doc_bytes:  # checked before reading a multi-GB file
-                skips.skip("too_large", location, f"{st.st_size:,} bytes > max_doc_bytes {self.max_doc_bytes:,}")
-                return None
-            return path.read_bytes()
-        except OSError as e:
+            with open_regular(target) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_doc_bytes:  # checked before reading a multi-GB file
+                    skips.skip("too_large", location, f"{size:,} bytes > max_doc_bytes {self.max_doc_bytes:,}")
+                    return None
+                # One byte more than the limit tells decode_text that a growing file got too large.
+                return f.read(self.max_doc_bytes + 1)
+        except SpecialFileError as e:
+            skips.skip("special_file", location, str(e))
+            return None
+        except OSError as e:  # gone or turned into a folder since it was listed, a disk error
             skips.skip("unreadable", location, e.strerror or str(e))
             return None
 
@@ -195,8 +229,12 @@ def _shebang_language(text: str) -> str | None:
     return SHEBANG_LANGUAGES.get(names[0].rstrip("0123456789.")) if names else None
 
 
-def _walk(folder: Path, skips: SkipLog | None) -> Iterator[Path]:
-    """Files below `folder`, sorted, without hidden folders and files (.git, .DS_Store)."""
+def _walk(folder: Path, boundary: str, skips: SkipLog | None) -> Iterator[Path]:
+    """Files below `folder`, sorted, without hidden folders and files (.git, .DS_Store).
+
+    Linked folders are not entered (os.walk does not follow them): those inside `boundary`
+    repeat what is walked anyway, those that lead out are recorded as "outside_root".
+    """
 
     def unreadable(error: OSError) -> None:
         if skips is not None:
@@ -204,6 +242,17 @@ def _walk(folder: Path, skips: SkipLog | None) -> Iterator[Path]:
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            link = os.path.join(dirpath, name)
+            if skips is not None and os.path.islink(link) and not within(os.path.realpath(link), boundary):
+                skips.skip("outside_root", link, f"a link to {os.path.realpath(link)}")
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name)
+
+
+def _fixed_prefix(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return os.path.join(*fixed) if fixed else "."
