@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenmill.atomic import tmp_sibling, write_text
+from tokenmill.atomic import naming_full_disk, publish, tmp_sibling, write_text
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig, config_json, read_config
 from tokenmill.model.transformer import Transformer
@@ -66,10 +66,11 @@ def write_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
     try:
-        save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming_full_disk(path):
+            save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -31,7 +31,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tokenmill.atomic import TMP_MARK, write_json
+from tokenmill.atomic import TMP_MARK, fsync_dir, publish, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
 from tokenmill.model.io import TIED, copy_tokenizer, save_model
@@ -155,11 +155,11 @@ class Checkpointer:
             tmp.mkdir(parents=True)
         self.d.barrier()
         with _single_process_ok():
-            dcp.save(self._tensors(for_load=False), checkpoint_id=tmp, no_dist=self.d.world == 1)
+            dcp.save(self._tensors(for_load=False), checkpoint_id=tmp, no_dist=self.d.world == 1)  # each file fsynced (sync_files)
         self.d.barrier()
         final = self.folder / name
         if self.d.is_main:
-            write_json(tmp / MARKER, {
+            write_json(tmp / MARKER, {  # also fsyncs tmp/, and with it the names of DCP's files
                 "format": FORMAT,
                 "step": state.step,
                 "state": state.to_json(),
@@ -168,11 +168,11 @@ class Checkpointer:
                 "layout": self.d.degrees,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             })
-            _replace_dir(tmp, final)
+            publish(tmp, final)
             if golden:
                 self.golden_folder.mkdir(parents=True, exist_ok=True)
                 # DCP files are never rewritten, so the golden copy can share them (hard links).
-                _replace_dir(_link_copy(final, self.golden_folder / f"{name}{TMP_MARK}save"), self.golden_folder / name)
+                publish(_link_copy(final, self.golden_folder / f"{name}{TMP_MARK}save"), self.golden_folder / name)
             for old in self.regular()[: -self.keep_last]:
                 shutil.rmtree(old)
         self.d.barrier()
@@ -209,12 +209,6 @@ class Checkpointer:
         return TrainState.from_json(marker["state"])
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)
-
-
 def _link_copy(src: Path, dst: Path) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
 
@@ -225,6 +219,7 @@ def _link_copy(src: Path, dst: Path) -> Path:
             shutil.copy2(a, b)
 
     shutil.copytree(src, dst, copy_function=link)
+    fsync_dir(dst)
     return dst
 
 
