@@ -1,5 +1,6 @@
 """Durable writes: every rename that publishes a file or folder is followed by an fsync of the
-folder it lands in; a full disk (ENOSPC, injected) removes the unfinished file and names it."""
+folder it lands in; a full disk (ENOSPC, injected) removes the unfinished file and names it;
+weights that are not finite are never written."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import tokenmill.atomic
 import tokenmill.shards
@@ -189,3 +191,19 @@ def test_a_full_disk_keeps_the_last_marker_and_names_the_file(tmp_path, full_dis
     assert str(tmp_path / "manifest.json") in str(raised.value)
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
     assert json.loads((tmp_path / "manifest.json").read_text()) == {"stages": {}}
+
+
+# --- weights that are not finite ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_and_no_folder_is_left(tmp_path, bad):
+    model = build_model(ModelConfig(**SMALL), device="cpu")
+    with torch.no_grad():
+        model.layers[1].ffn.w2.weight[3, 5] = bad
+    with pytest.raises(TokenmillError, match=r"layers\.1\.ffn\.w2\.weight holds NaN or infinite values"):
+        save_model(model, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    with pytest.raises(TokenmillError, match=r"layers\.1\.ffn\.w2\.weight"), atomic_dir(tmp_path / "06_align") as tmp:
+        save_model(model, tmp / "sft")
+    assert list(tmp_path.iterdir()) == []

@@ -4,13 +4,16 @@ Each method supplies its batches and a loss function returning (loss, figures); 
 does the rest as pre-training does it — AdamW with decay on matrices only, warmup and cosine
 learning rate (`tokenmill.pretrain.optim`, `.schedule`), clipping by the global gradient
 norm — and logs one `metrics.jsonl` line per step, with the held-out figures every
-`eval_every` steps and at the end.
+`eval_every` steps and at the end. A step whose gradient norm is not finite (NaN or ±inf) is
+not applied: its line says `"skipped": true`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -97,11 +100,18 @@ def optimize(
                 loss, figures = loss_fn(batches[index])
             loss.backward()
             norm = float(grad_norm_squared(params).sqrt())
-            if config.grad_clip is not None:
-                clip_grads(params, config.grad_clip, norm)
-            optimizer.step()
+            # One NaN gradient would make every weight and both AdamW moments NaN for good: drop the step.
+            skipped = not math.isfinite(norm)
+            if skipped:
+                tqdm.write(f"{desc} step {step}: gradient norm {norm}, step not applied", file=sys.stderr)
+            else:
+                if config.grad_clip is not None:
+                    clip_grads(params, config.grad_clip, norm)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             record = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **figures}
+            if skipped:
+                record["skipped"] = True
             if step % config.eval_every == 0 or step == len(order):
                 record.update(held_out(model, evaluate, device))
             record["elapsed_s"] = round(time.perf_counter() - start, 3)

@@ -14,6 +14,7 @@ a single process without any process group.
 
 A checkpoint is written into `NAME.tmp-save`, given its marker, and renamed; a directory
 without a marker is never read, so a run killed while saving resumes from the previous one.
+Weights or moments that are not finite are never saved.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from tokenmill.atomic import TMP_MARK, fsync_dir, publish, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
-from tokenmill.model.io import TIED, copy_tokenizer, save_model
+from tokenmill.model.io import TIED, copy_tokenizer, first_non_finite, save_model
 from tokenmill.model.transformer import Transformer
 from tokenmill.pretrain.distributed import Dist
 from tokenmill.pretrain.parallelize import Parallel, to_natural_order, to_rank_order
@@ -149,13 +150,15 @@ class Checkpointer:
 
     def save(self, state: TrainState, golden: bool = False) -> Path:
         name = step_name(state.step)
+        tensors = self._tensors(for_load=False)
+        self._check_finite(tensors, name)
         tmp = self.folder / f"{name}{TMP_MARK}save"
         if self.d.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.d.barrier()
         with _single_process_ok():
-            dcp.save(self._tensors(for_load=False), checkpoint_id=tmp, no_dist=self.d.world == 1)  # each file fsynced (sync_files)
+            dcp.save(tensors, checkpoint_id=tmp, no_dist=self.d.world == 1)  # each file fsynced (sync_files)
         self.d.barrier()
         final = self.folder / name
         if self.d.is_main:
@@ -177,6 +180,19 @@ class Checkpointer:
                 shutil.rmtree(old)
         self.d.barrier()
         return final
+
+    def _check_finite(self, tensors: dict[str, torch.Tensor], name: str) -> None:
+        """Refuse, on every rank at once, to save a state holding NaN or infinite values: each rank
+        checks its own shards, and all learn the first rank's first such tensor."""
+        local = {k: t.to_local() if isinstance(t, DTensor) else t for k, t in tensors.items() if not k.startswith("rng.")}
+        found = self.d.gather(first_non_finite(local))
+        bad = next(((rank, key) for rank, key in enumerate(found) if key is not None), None)
+        if bad is not None:
+            where = f" (on rank {bad[0]})" if self.d.world > 1 else ""
+            raise TokenmillError(
+                f"not saving checkpoint {name}: {bad[1]}{where} holds NaN or infinite values (the training diverged); "
+                "lower pretrain.lr or raise warmup_steps"
+            )
 
     def load(self, path: Path) -> TrainState:
         """Restore parameters, AdamW state and RNG from `path`; return its TrainState."""
