@@ -14,7 +14,10 @@ a single process without any process group.
 
 A checkpoint is written into `NAME.tmp-save`, given its marker, and renamed; a directory
 without a marker is never read, so a run killed while saving resumes from the previous one.
-Weights or moments that are not finite are never saved.
+Weights or moments that are not finite are never saved. DCP's `.metadata` is a pickle, so a
+checkpoint is trusted like code: the marker records the SHA-256 of every file, written by rank
+0 once every rank has written its own, and a checkpoint whose files differ is not read
+(`tokenmill.pretrain.digests`).
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
 from tokenmill.model.io import TIED, copy_tokenizer, first_non_finite, save_model
 from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.digests import ALGORITHM, file_digests, verify_digests
 from tokenmill.pretrain.distributed import Dist
 from tokenmill.pretrain.parallelize import Parallel, to_natural_order, to_rank_order
 from tokenmill.pretrain.state import TrainState
 
 MARKER = "tokenmill_checkpoint.json"
 GOLDEN = "golden"
-FORMAT = 1
+FORMAT = 2  # 2: the marker holds the digests of the files
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -68,6 +72,18 @@ def _complete(folder: Path) -> list[Path]:
 
 def read_marker(path: Path) -> dict[str, Any]:
     return json.loads((path / MARKER).read_text(encoding="utf-8"))
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The marker of `path`, once every file is checked against the digests it recorded."""
+    marker = read_marker(path)
+    if ALGORITHM not in marker:
+        raise TokenmillError(
+            f"checkpoint {path} records no digests of its files (an older tokenmill wrote it), so it cannot be "
+            "checked before its pickled metadata is read: delete the folder, or start afresh without --resume"
+        )
+    verify_digests(path, marker[ALGORITHM], MARKER)
+    return marker
 
 
 class Checkpointer:
@@ -159,7 +175,7 @@ class Checkpointer:
         self.d.barrier()
         with _single_process_ok():
             dcp.save(tensors, checkpoint_id=tmp, no_dist=self.d.world == 1)  # each file fsynced (sync_files)
-        self.d.barrier()
+        self.d.barrier()  # every rank's files are written: now they can be hashed
         final = self.folder / name
         if self.d.is_main:
             write_json(tmp / MARKER, {  # also fsyncs tmp/, and with it the names of DCP's files
@@ -170,6 +186,7 @@ class Checkpointer:
                 "world": self.d.world,
                 "layout": self.d.degrees,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                ALGORITHM: file_digests(tmp, MARKER),
             })
             publish(tmp, final)
             if golden:
@@ -195,7 +212,17 @@ class Checkpointer:
             )
 
     def load(self, path: Path) -> TrainState:
-        """Restore parameters, AdamW state and RNG from `path`; return its TrainState."""
+        """Restore parameters, AdamW state and RNG from `path`, once its files are checked against
+        their digests; return its TrainState."""
+        problem = None
+        if self.d.is_main:  # one rank reads and hashes the files; all refuse together
+            try:
+                verify(path)
+            except TokenmillError as e:
+                problem = str(e)
+        problem = self.d.broadcast(problem)
+        if problem is not None:
+            raise TokenmillError(problem)
         marker = read_marker(path)
         saved = ModelConfig.model_validate(marker["model"])
         if saved != self.model_config:
@@ -242,6 +269,7 @@ def _link_copy(src: Path, dst: Path) -> Path:
 def export_model(checkpoint: Path, config: ModelConfig, out: Path, tokenizer_dir: Path | None) -> Path:
     """Write a self-contained model folder (model.json, model.safetensors, tokenizer files) from a
     checkpoint, in this process alone whatever layout saved it."""
+    verify(checkpoint)
     with torch.device("meta"):
         model = Transformer(config)
     model.to_empty(device="cpu")
