@@ -1,12 +1,17 @@
-"""Atomic file writes: a killed process never leaves a half-written file under its final name.
+"""Atomic, durable file writes: a killed process or a power loss never leaves a half-written
+file under its final name.
 
 Every artifact is written to a temporary sibling, flushed to disk, then renamed over the
 final path (rename is atomic on POSIX within one file system). Readers therefore see either
-the old file, the new file, or no file, never a torn one.
+the old file, the new file, or no file, never a torn one. `publish` is the one rename that
+gives a finished file or folder its name: it then fsyncs the parent folder, because a rename
+is only in the file system's journal once its directory is synced (ext4, XFS), and a machine
+that loses power before that comes back with the old name, or none.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from tokenmill.errors import TokenmillError
 
 TMP_MARK = ".tmp-"
 
@@ -38,18 +45,113 @@ def tmp_sibling(path: Path) -> Path:
     return Path(name)
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make the entries of `folder` durable: the files created, renamed or removed in it."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows: a folder cannot be opened, and NTFS journals its renames itself
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some file systems (FUSE, some network mounts) cannot sync a folder: there is nothing more to do.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Give a finished (already fsynced) temporary file or folder its final name, durably.
+
+    Whatever is at `final` when a folder is published is moved aside first (a folder cannot be
+    renamed over a non-empty one, nor over a file), so that `final` is never without a complete
+    version for longer than the two renames take; the old copy is deleted once the new one is in.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if tmp.is_dir() and (final.exists() or final.is_symlink()):
+        old = Path(tempfile.mkdtemp(prefix=f"{final.name}{TMP_MARK}old-", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file and folder under `folder` (those written atomically are already clean:
+    syncing them again costs a system call), so that publishing the folder publishes its content."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(root)
+
+
+@contextmanager
+def naming_full_disk(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk (or quota) while writing `path` into an error that names the file;
+    an OSError raised by a write does not."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TokenmillError(f"no space left on the device while writing {path}: free some space and run again") from e
+        raise
+
+
+class PendingFile:
+    """A binary file written under a temporary sibling of `path`: `commit()` fsyncs it and
+    publishes it under `path`, `discard()` removes it. A full disk raised by `commit()` or by a
+    write inside `guard()` discards the file and names `path`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.tmp = tmp_sibling(self.path)
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed by commit or discard)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        try:
+            with naming_full_disk(self.path):
+                yield
+        except TokenmillError:
+            self.discard()
+            raise
+
+    def commit(self) -> Path:
+        with self.guard():
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        publish(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass  # the buffered bytes a full disk refused; the file goes anyway
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file for writing; on success fsync it and rename it to `path`."""
+    """Open a temporary file for writing; on success fsync it and publish it as `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
     try:
-        with open(tmp, mode, **kwargs) as f:
+        with naming_full_disk(path), open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -77,15 +179,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.chmod(_DIR_MODE)
     try:
         yield tmp
-        if path.exists():
-            # Move the old copy aside first so that `path` is never missing a complete version
-            # for longer than the two renames take.
-            old = Path(tempfile.mkdtemp(prefix=f"{path.name}{TMP_MARK}old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        sync_tree(tmp)
+        publish(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

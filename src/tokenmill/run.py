@@ -108,7 +108,7 @@ def _run_pretrain(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
     if work.exists() and (not marker.exists() or marker.read_text() != key):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
+    write_text(marker, key)  # atomically: a torn marker would clear the checkpoints of a killed run
     metrics = pretrain_stage(
         run.stage_dir("04_model") / "model.json",
         run.stage_dir("03_encode"),

@@ -1,7 +1,7 @@
 """Document shards: zstandard-compressed JSONL files, each written atomically.
 
 A shard appears under its final name only once it is complete, so a reader (or a resumed
-run) never sees a torn shard.
+run) never sees a torn shard; a full disk removes the unfinished shard and names it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zstandard
 
-from tokenmill.atomic import tmp_sibling
+from tokenmill.atomic import PendingFile
 from tokenmill.compression import open_binary
 from tokenmill.sources.document import Document
 
@@ -29,49 +29,54 @@ class ShardWriter:
         self.prefix = prefix
         self.shard_bytes = shard_bytes
         self.paths: list[Path] = []
-        self._file = None
+        self._part: PendingFile | None = None
         self._stream = None
-        self._tmp: Path | None = None
         self._written = 0
 
     def write(self, doc: Document) -> None:
-        if self._stream is None:
-            self._open()
         line = json.dumps(doc.to_dict(), ensure_ascii=False).encode("utf-8") + b"\n"
-        self._stream.write(line)
+        if self._part is None:
+            self._open()
+        try:
+            with self._part.guard():
+                self._stream.write(line)
+        except BaseException:
+            self._forget()
+            raise
         self._written += len(line)
         if self._written >= self.shard_bytes:
             self._close_shard()
 
     def _open(self) -> None:
-        final = self.folder / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}"
-        self._tmp = tmp_sibling(final)
-        self._file = open(self._tmp, "wb")
-        self._stream = zstandard.ZstdCompressor(level=3).stream_writer(self._file, closefd=False)
+        self._part = PendingFile(self.folder / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}")
+        self._stream = zstandard.ZstdCompressor(level=3).stream_writer(self._part.file, closefd=False)
         self._written = 0
 
     def _close_shard(self) -> None:
-        self._stream.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        final = self.folder / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}"
-        os.replace(self._tmp, final)
-        self.paths.append(final)
-        self._stream = self._file = self._tmp = None
+        try:
+            with self._part.guard():
+                self._stream.close()
+            self.paths.append(self._part.commit())
+        except BaseException:
+            self._part.discard()
+            raise
+        finally:
+            self._part = self._stream = None
+
+    def _forget(self) -> None:
+        """Drop the unfinished shard (its compressor may hold bytes the disk refused)."""
+        self._part.discard()
+        self._part = self._stream = None
 
     def close(self) -> list[Path]:
         """Finish the open shard; return every shard written, in order."""
-        if self._stream is not None:
+        if self._part is not None:
             self._close_shard()
         return self.paths
 
     def abort(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._file.close()
-            self._tmp.unlink(missing_ok=True)
-            self._stream = self._file = self._tmp = None
+        if self._part is not None:
+            self._forget()
 
     def __enter__(self) -> "ShardWriter":
         return self

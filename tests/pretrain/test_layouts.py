@@ -10,6 +10,8 @@ import pytest
 from pretrain_runs import launch, read_jsonl, step_losses, train_here, val_losses, write_spec
 from safetensors.torch import load_file
 
+from tokenmill.pretrain.checkpoint import MARKER, read_marker
+
 LAYOUTS = {
     "ddp": (2, dict(dp=2)),
     "fsdp": (2, dict(fsdp=2)),
@@ -73,6 +75,8 @@ def test_two_process_checkpoint_resumes_in_one(name, runs, reference, tmp_path, 
     resumed by a single process without a process group, continues as the single run does."""
     saved = runs(name) / "checkpoints" / "step-00000006"
     assert {p.name for p in saved.glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}  # both ranks wrote
+    # Rank 0 hashed every rank's files, once all were written; the resume below checks them.
+    assert set(read_marker(saved)["sha256"]) == {p.name for p in saved.iterdir() if p.name != MARKER}
     work = tmp_path / "work"
     shutil.copytree(saved, work / "checkpoints" / saved.name)
     shutil.copyfile(runs(name) / "metrics.jsonl", work / "metrics.jsonl")

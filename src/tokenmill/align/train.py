@@ -4,13 +4,16 @@ Each method supplies its batches and a loss function returning (loss, figures); 
 does the rest as pre-training does it — AdamW with decay on matrices only, warmup and cosine
 learning rate (`tokenmill.pretrain.optim`, `.schedule`), clipping by the global gradient
 norm — and logs one `metrics.jsonl` line per step, with the held-out figures every
-`eval_every` steps and at the end.
+`eval_every` steps and at the end. A step whose gradient norm is not finite (NaN or ±inf) is
+not applied: its line says `"skipped": true`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,15 +106,22 @@ def optimize(
             else:
                 loss.backward()
             norm = float(grad_norm_squared(params).sqrt())
-            if config.grad_clip is not None:
+            # One NaN gradient would make every weight and both AdamW moments NaN for good: drop the step.
+            # Under fp16 an overflow is the loss scaler's to handle: it skips the step and shrinks the scale.
+            skipped = not math.isfinite(norm)
+            if config.grad_clip is not None and not skipped:
                 clip_grads(params, config.grad_clip, norm)
             if scaler is not None:
-                scaler.step(optimizer)  # skipped when a gradient is not finite; the scale then shrinks
+                scaler.step(optimizer)
                 scaler.update()
+            elif skipped:
+                tqdm.write(f"{desc} step {step}: gradient norm {norm}, step not applied", file=sys.stderr)
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             record = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": norm, **figures}
+            if skipped:
+                record["skipped"] = True
             if step % config.eval_every == 0 or step == len(order):
                 record.update(held_out(model, evaluate, config, device))
             record["elapsed_s"] = round(time.perf_counter() - start, 3)

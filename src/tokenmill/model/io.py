@@ -1,7 +1,7 @@
 """The model folder: `model.json` + `model.safetensors` (+ tokenizer files), self-contained.
 
 Weights are read with safetensors only, never unpickled. A tied output head is stored once,
-as the token embedding.
+as the token embedding. Weights that are not finite (NaN, ±inf) are never written.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenmill.atomic import tmp_sibling, write_text
+from tokenmill.atomic import naming_full_disk, publish, tmp_sibling, write_text
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig, config_json, read_config
@@ -50,23 +50,41 @@ def state_dict_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: Transformer, folder: str | Path) -> Path:
-    """Write model.json and model.safetensors into `folder` (each file atomically)."""
+    """Write model.safetensors and model.json into `folder` (each file atomically; nothing at all
+    when a weight is not finite)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     write_weights(state_dict_for_saving(model), folder / WEIGHTS)
     write_text(folder / "model.json", config_json(model.config))
     return folder
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of `state` holding a NaN or an infinity."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse to save weights a diverged run left NaN or infinite: they would load, and answer garbage."""
+    name = first_non_finite(state)
+    if name is not None:
+        raise TokenmillError(f"not writing {where}: {name} holds NaN or infinite values (the training diverged)")
+
+
 def write_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """save_file, atomically: a killed write never leaves a torn file under the final name."""
+    """save_file, atomically: a killed write never leaves a torn file under the final name, and
+    weights that are not finite are refused before anything is written."""
+    check_finite(state, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_sibling(path)
     try:
-        save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming_full_disk(path):
+            save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

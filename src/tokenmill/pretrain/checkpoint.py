@@ -14,6 +14,10 @@ a single process without any process group.
 
 A checkpoint is written into `NAME.tmp-save`, given its marker, and renamed; a directory
 without a marker is never read, so a run killed while saving resumes from the previous one.
+Weights or moments that are not finite are never saved. DCP's `.metadata` is a pickle, so a
+checkpoint is trusted like code: the marker records the SHA-256 of every file, written by rank
+0 once every rank has written its own, and a checkpoint whose files differ is not read
+(`tokenmill.pretrain.digests`).
 """
 
 from __future__ import annotations
@@ -31,18 +35,19 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from tokenmill.atomic import TMP_MARK, write_json
+from tokenmill.atomic import TMP_MARK, fsync_dir, publish, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import ModelConfig
-from tokenmill.model.io import TIED, copy_tokenizer, save_model
+from tokenmill.model.io import TIED, copy_tokenizer, first_non_finite, save_model
 from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.digests import ALGORITHM, file_digests, verify_digests
 from tokenmill.pretrain.distributed import Dist
 from tokenmill.pretrain.parallelize import Parallel, to_natural_order, to_rank_order
 from tokenmill.pretrain.state import TrainState
 
 MARKER = "tokenmill_checkpoint.json"
 GOLDEN = "golden"
-FORMAT = 1
+FORMAT = 2  # 2: the marker holds the digests of the files
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
@@ -67,6 +72,18 @@ def _complete(folder: Path) -> list[Path]:
 
 def read_marker(path: Path) -> dict[str, Any]:
     return json.loads((path / MARKER).read_text(encoding="utf-8"))
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The marker of `path`, once every file is checked against the digests it recorded."""
+    marker = read_marker(path)
+    if ALGORITHM not in marker:
+        raise TokenmillError(
+            f"checkpoint {path} records no digests of its files (an older tokenmill wrote it), so it cannot be "
+            "checked before its pickled metadata is read: delete the folder, or start afresh without --resume"
+        )
+    verify_digests(path, marker[ALGORITHM], MARKER)
+    return marker
 
 
 class Checkpointer:
@@ -149,17 +166,19 @@ class Checkpointer:
 
     def save(self, state: TrainState, golden: bool = False) -> Path:
         name = step_name(state.step)
+        tensors = self._tensors(for_load=False)
+        self._check_finite(tensors, name)
         tmp = self.folder / f"{name}{TMP_MARK}save"
         if self.d.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self.d.barrier()
         with _single_process_ok():
-            dcp.save(self._tensors(for_load=False), checkpoint_id=tmp, no_dist=self.d.world == 1)
-        self.d.barrier()
+            dcp.save(tensors, checkpoint_id=tmp, no_dist=self.d.world == 1)  # each file fsynced (sync_files)
+        self.d.barrier()  # every rank's files are written: now they can be hashed
         final = self.folder / name
         if self.d.is_main:
-            write_json(tmp / MARKER, {
+            write_json(tmp / MARKER, {  # also fsyncs tmp/, and with it the names of DCP's files
                 "format": FORMAT,
                 "step": state.step,
                 "state": state.to_json(),
@@ -167,19 +186,43 @@ class Checkpointer:
                 "world": self.d.world,
                 "layout": self.d.degrees,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                ALGORITHM: file_digests(tmp, MARKER),
             })
-            _replace_dir(tmp, final)
+            publish(tmp, final)
             if golden:
                 self.golden_folder.mkdir(parents=True, exist_ok=True)
                 # DCP files are never rewritten, so the golden copy can share them (hard links).
-                _replace_dir(_link_copy(final, self.golden_folder / f"{name}{TMP_MARK}save"), self.golden_folder / name)
+                publish(_link_copy(final, self.golden_folder / f"{name}{TMP_MARK}save"), self.golden_folder / name)
             for old in self.regular()[: -self.keep_last]:
                 shutil.rmtree(old)
         self.d.barrier()
         return final
 
+    def _check_finite(self, tensors: dict[str, torch.Tensor], name: str) -> None:
+        """Refuse, on every rank at once, to save a state holding NaN or infinite values: each rank
+        checks its own shards, and all learn the first rank's first such tensor."""
+        local = {k: t.to_local() if isinstance(t, DTensor) else t for k, t in tensors.items() if not k.startswith("rng.")}
+        found = self.d.gather(first_non_finite(local))
+        bad = next(((rank, key) for rank, key in enumerate(found) if key is not None), None)
+        if bad is not None:
+            where = f" (on rank {bad[0]})" if self.d.world > 1 else ""
+            raise TokenmillError(
+                f"not saving checkpoint {name}: {bad[1]}{where} holds NaN or infinite values (the training diverged); "
+                "lower pretrain.lr or raise warmup_steps"
+            )
+
     def load(self, path: Path) -> TrainState:
-        """Restore parameters, AdamW state and RNG from `path`; return its TrainState."""
+        """Restore parameters, AdamW state and RNG from `path`, once its files are checked against
+        their digests; return its TrainState."""
+        problem = None
+        if self.d.is_main:  # one rank reads and hashes the files; all refuse together
+            try:
+                verify(path)
+            except TokenmillError as e:
+                problem = str(e)
+        problem = self.d.broadcast(problem)
+        if problem is not None:
+            raise TokenmillError(problem)
         marker = read_marker(path)
         saved = ModelConfig.model_validate(marker["model"])
         if saved != self.model_config:
@@ -209,12 +252,6 @@ class Checkpointer:
         return TrainState.from_json(marker["state"])
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(src, dst)
-
-
 def _link_copy(src: Path, dst: Path) -> Path:
     shutil.rmtree(dst, ignore_errors=True)
 
@@ -225,12 +262,14 @@ def _link_copy(src: Path, dst: Path) -> Path:
             shutil.copy2(a, b)
 
     shutil.copytree(src, dst, copy_function=link)
+    fsync_dir(dst)
     return dst
 
 
 def export_model(checkpoint: Path, config: ModelConfig, out: Path, tokenizer_dir: Path | None) -> Path:
     """Write a self-contained model folder (model.json, model.safetensors, tokenizer files) from a
     checkpoint, in this process alone whatever layout saved it."""
+    verify(checkpoint)
     with torch.device("meta"):
         model = Transformer(config)
     model.to_empty(device="cpu")

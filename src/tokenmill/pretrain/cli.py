@@ -33,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="the tokenizer folder: decodes samples, copied into the model folder")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
     p.add_argument("--work-dir", metavar="DIR", help="where checkpoints and logs go (default: the output folder)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint (any layout may have written it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint (any layout may have written it). A checkpoint folder is "
+                        "trusted like code (torch.distributed.checkpoint pickles its metadata): resume only from your "
+                        "own; one whose files no longer match the SHA-256 digests written when it was saved is refused")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value, e.g. --set pretrain.lr=3e-4 --set model.n_layers=2 (repeatable)")
     p.set_defaults(func=_cmd_pretrain)

@@ -1,6 +1,7 @@
 """The loss-spike guard (as in PaLM, Chowdhery et al., 2022, §5.1): when the loss jumps past a
 factor of its running mean, go back to the last golden checkpoint and skip the batches around
-the spike. A loss that is not finite is always a spike."""
+the spike. A loss or a gradient norm that is not finite is always a spike: one NaN gradient
+applied would make every weight and both AdamW moments NaN for good."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import math
 from tokenmill.pretrain.config import PretrainConfig
 
 
-def is_spike(loss: float, recent: list[float], config: PretrainConfig) -> bool:
-    if not math.isfinite(loss):
+def is_spike(loss: float, recent: list[float], config: PretrainConfig, grad_norm: float = 0.0) -> bool:
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         return True
     if config.spike_factor is None or len(recent) < config.spike_window:
         return False

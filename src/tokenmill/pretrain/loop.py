@@ -245,11 +245,12 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         loss, grad_norm = self._agree(loss, grad_norm_squared(self.par.norm_params()))
-        if is_spike(loss, state.recent_losses, config):
+        # Under fp16 loss scaling an overflowing gradient is the scaler's to handle: it skips the step and lowers the scale.
+        if is_spike(loss, state.recent_losses, config, grad_norm if self.scaler is None else 0.0):
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.update()  # closes this step's unscale_
-            return self._rollback(state, loss), None
+            return self._rollback(state, loss, grad_norm), None
         if config.grad_clip is not None:
             clip_grads([p for _, p in self.par.params], config.grad_clip, grad_norm)
         if self.scaler is not None:
@@ -292,14 +293,14 @@ class Trainer:
         loss_value, norm_sq_value = d.all_reduce(values).tolist()
         return loss_value, math.sqrt(norm_sq_value)
 
-    def _rollback(self, state: TrainState, loss: float) -> TrainState:
+    def _rollback(self, state: TrainState, loss: float, grad_norm: float) -> TrainState:
         config = self.config
-        event = {"step": state.step + 1, "position": state.position, "loss": loss,
+        event = {"step": state.step + 1, "position": state.position, "loss": loss, "grad_norm": grad_norm,
                  "running_mean": sum(state.recent_losses) / max(len(state.recent_losses), 1)}
         if state.rollbacks >= config.max_rollbacks:
             raise TokenmillError(
-                f"loss {loss:.4g} at step {state.step + 1} after {state.rollbacks} rollbacks: the run keeps diverging; "
-                "lower pretrain.lr or raise warmup_steps"
+                f"loss {loss:.4g} (gradient norm {grad_norm:.4g}) at step {state.step + 1} after {state.rollbacks} "
+                "rollbacks: the run keeps diverging; lower pretrain.lr or raise warmup_steps"
             )
         golden = self.ckpt.golden()
         if not golden:
@@ -318,8 +319,9 @@ class Trainer:
         self.log.write("events.jsonl", {**event, "action": f"rolled back to golden checkpoint {golden[-1].name}",
                                         "golden_step": restored.step, "skipped": skipped})
         if self.d.is_main:
-            tqdm.write(f"loss spike at step {event['step']} ({loss:.4g} against a running mean of {event['running_mean']:.4g}): "
-                       f"back to step {restored.step}, skipping batches {skipped[0]}-{skipped[1]}", file=sys.stderr)
+            what = (f"gradient norm {grad_norm} at step {event['step']}" if not math.isfinite(grad_norm) else
+                    f"loss spike at step {event['step']} ({loss:.4g} against a running mean of {event['running_mean']:.4g})")
+            tqdm.write(f"{what}: back to step {restored.step}, skipping batches {skipped[0]}-{skipped[1]}", file=sys.stderr)
         return restored
 
     # --- evaluation -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ One file per shard, `{split}-{n:05d}.bin`, all integers little-endian:
                                   starts, then n_tokens
 
 A shard is written under a temporary name and renamed when complete, so a reader never sees a
-torn one.
+torn one; a full disk removes the unfinished shard and names it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenmill.atomic import tmp_sibling
+from tokenmill.atomic import PendingFile
 from tokenmill.errors import TokenmillError
 
 MAGIC = b"TMTOKENS"
@@ -62,8 +62,7 @@ class TokenShardWriter:
         self.dtype = np.dtype(dtype)
         self.shard_tokens = shard_tokens
         self.paths: list[Path] = []
-        self._file = None
-        self._tmp: Path | None = None
+        self._part: PendingFile | None = None
         self._offsets = array("Q")
 
     def write(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
@@ -72,7 +71,7 @@ class TokenShardWriter:
         ends = np.cumsum(lengths, dtype=np.int64)
         done, written = 0, 0
         while done < len(lengths):
-            if self._file is None:
+            if self._part is None:
                 self._open()
             room = self.shard_tokens - self._offsets[-1]
             fit = int(np.searchsorted(ends[done:] - written, room, side="right"))
@@ -82,43 +81,49 @@ class TokenShardWriter:
                     continue
                 fit = 1
             stop = int(ends[done + fit - 1])
-            self._file.write(tokens[written:stop].tobytes())
+            self._write(tokens[written:stop].tobytes())
             base = self._offsets[-1] - written
             self._offsets.extend(int(e) + base for e in ends[done : done + fit])
             done, written = done + fit, stop
 
+    def _write(self, data: bytes) -> None:
+        try:
+            with self._part.guard():
+                self._part.file.write(data)
+        except BaseException:
+            self.abort()
+            raise
+
     def _open(self) -> None:
-        final = self.folder / f"{self.prefix}-{len(self.paths):05d}{SUFFIX}"
-        self._tmp = tmp_sibling(final)
-        self._file = open(self._tmp, "wb")
-        self._file.write(bytes(HEADER.size))  # filled in when the shard is complete
+        self._part = PendingFile(self.folder / f"{self.prefix}-{len(self.paths):05d}{SUFFIX}")
         self._offsets = array("Q", [0])
+        self._write(bytes(HEADER.size))  # filled in when the shard is complete
 
     def _close_shard(self) -> None:
         n_tokens, n_docs = self._offsets[-1], len(self._offsets) - 1
-        self._file.write(bytes(_index_offset(n_tokens, self.dtype.itemsize) - self._file.tell()))
-        self._file.write(np.asarray(self._offsets, dtype="<u8").tobytes())
-        self._file.seek(0)
-        self._file.write(HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, n_tokens, n_docs))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        final = self.folder / f"{self.prefix}-{len(self.paths):05d}{SUFFIX}"
-        os.replace(self._tmp, final)
-        self.paths.append(final)
-        self._file = self._tmp = None
+        f = self._part.file
+        self._write(bytes(_index_offset(n_tokens, self.dtype.itemsize) - f.tell()))
+        self._write(np.asarray(self._offsets, dtype="<u8").tobytes())
+        f.seek(0)
+        self._write(HEADER.pack(MAGIC, VERSION, self.dtype.itemsize, n_tokens, n_docs))
+        try:
+            self.paths.append(self._part.commit())
+        except BaseException:
+            self._part.discard()
+            raise
+        finally:
+            self._part = None
 
     def close(self) -> list[Path]:
         """Finish the open shard; return every shard written, in order."""
-        if self._file is not None:
+        if self._part is not None:
             self._close_shard()
         return self.paths
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._tmp.unlink(missing_ok=True)
-            self._file = self._tmp = None
+        if self._part is not None:
+            self._part.discard()
+            self._part = None
 
 
 @dataclass
