@@ -47,6 +47,28 @@ CASES = {
     "mpt": (lambda: T.MptConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=V), "mpt"),
     "bloom": (lambda: T.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=V), "bloom"),
     "bloom-6-heads": (lambda: T.BloomConfig(hidden_size=36, n_layer=2, n_head=6, vocab_size=V), "bloom"),
+    # Llama 3.1/3.2: with theta 10^4 and an original context of 64, the 4 frequencies of head_dim 8 fall in
+    # every band (kept, blended, interpolated).
+    "llama3.1-rope": (lambda: T.LlamaConfig(**{**LLAMA, "max_position_embeddings": 256}, rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64, "rope_theta": 10000.0}), "llama"),
+    "smollm2-is-llama": (lambda: T.LlamaConfig(**LLAMA, tie_word_embeddings=True,
+                                               rope_parameters={"rope_type": "default", "rope_theta": 100000.0}), "llama"),
+    "qwen2": (lambda: T.Qwen2Config(**LLAMA), "qwen2"),
+    "qwen2.5-tied": (lambda: T.Qwen2Config(**LLAMA, tie_word_embeddings=True), "qwen2"),
+    "qwen3": (lambda: T.Qwen3Config(**LLAMA, head_dim=16), "qwen3"),
+    "gemma2": (lambda: T.Gemma2Config(**{**LLAMA, "num_hidden_layers": 3}, head_dim=16, sliding_window=4,
+                                      query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
+               "gemma2"),
+    "gemma3-text": (lambda: T.Gemma3TextConfig(**{**LLAMA, "num_hidden_layers": 3}, head_dim=16, sliding_window=4,
+                                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                               rope_parameters={
+                                                   "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}),
+                    "gemma3_text"),
+    # Fused Q/K/V and gate/up, otherwise LLaMA (and Mistral with its sliding window): exported as those.
+    "phi3": (lambda: T.Phi3Config(**LLAMA, pad_token_id=0), "llama"),
+    "phi3-sliding-window": (lambda: T.Phi3Config(**LLAMA, pad_token_id=0, sliding_window=5), "mistral"),
 }
 
 

@@ -114,6 +114,11 @@ def weights_from_hf(hf: dict[str, torch.Tensor], config: ModelConfig, family: Fa
                 t = take(f"{name.format(i=i)}.{kind}")
                 t = _qkv_from_hf(t.t() if family.transposed and t.dim() == 2 else t, layout, config)
             out[f"layers.{i}.attn.wqkv.{kind}"] = t
+    gate_up = family.gate_up(config)
+    for i in range(config.n_layers if gate_up else 0):
+        for kind in ("weight", "bias"):
+            if f"layers.{i}.ffn.w1.{kind}" in expected:
+                out[f"layers.{i}.ffn.w1.{kind}"], out[f"layers.{i}.ffn.w3.{kind}"] = take(f"{gate_up.format(i=i)}.{kind}").chunk(2)
     if config.tie_embeddings:
         hf.pop(f"{family.modules(config)['output']}.weight", None)  # a tied head some checkpoints store anyway
     leftover = sorted(k for k in hf if not k.endswith(family.ignored_suffixes))
@@ -149,6 +154,13 @@ def weights_to_hf(state: dict[str, torch.Tensor], config: ModelConfig, family: F
             else:
                 t = _qkv_to_hf(t, layout, config)
                 out[f"{name.format(i=i)}.{kind}"] = t.t() if family.transposed and t.dim() == 2 else t
+    gate_up = family.gate_up(config)
+    for i in range(config.n_layers if gate_up else 0):
+        for kind in ("weight", "bias"):
+            w1, w3 = f"layers.{i}.ffn.w1.{kind}", f"layers.{i}.ffn.w3.{kind}"
+            if w1 in state:
+                out[f"{gate_up.format(i=i)}.{kind}"] = torch.cat((state[w1], state[w3]))
+                used.update((w1, w3))
     unused = sorted(set(state) - used)
     if unused:
         raise TokenmillError(f"the {family.model_type} layout has no place for {unused[:6]}")
