@@ -10,6 +10,7 @@ architecture, so a switch the family lacks is reported by name rather than silen
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from tokenmill.model.transformer import Transformer
 
 # Fields that describe training, not the function a checkpoint computes.
 TRAINING_FIELDS = ("dropout", "init_std")
+# Hugging Face's own settings of a model that travel with it both ways, as they are (eos ids, sampling defaults).
+GENERATION_CONFIG = "generation_config.json"
+
+
+def copy_hf_files(src: Path, dst: Path) -> None:
+    copy_tokenizer(src, dst)
+    if (src / GENERATION_CONFIG).is_file():
+        shutil.copyfile(src / GENERATION_CONFIG, dst / GENERATION_CONFIG)
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -210,7 +219,7 @@ def special_token_ids(folder: Path) -> dict[str, int | None]:
 
 
 def import_hf(src: str | Path, dst: str | Path) -> ModelConfig:
-    """A transformers checkpoint folder → a tokenmill model folder (tokenizer files copied)."""
+    """A transformers checkpoint folder → a tokenmill model folder (tokenizer files and generation config copied)."""
     src = Path(src)
     path = src / "config.json"
     if not path.is_file():
@@ -224,7 +233,7 @@ def import_hf(src: str | Path, dst: str | Path) -> ModelConfig:
     with atomic_dir(dst) as tmp:
         write_weights(state, tmp / WEIGHTS)
         write_text(tmp / "model.json", config_json(config))
-        copy_tokenizer(src, tmp)
+        copy_hf_files(src, tmp)
     return config
 
 
@@ -241,5 +250,5 @@ def export_hf(src: str | Path, dst: str | Path, family_name: str | None = None) 
     with atomic_dir(dst) as tmp:
         write_weights(weights_to_hf(state, config, family), tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)
-        copy_tokenizer(src, tmp)
+        copy_hf_files(src, tmp)
     return family
