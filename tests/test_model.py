@@ -15,7 +15,7 @@ from tokenmill.model.anatomy import (
 from tokenmill.model.cli import register
 from tokenmill.model.config import ModelConfig, make_config
 from tokenmill.model.io import build_model
-from tokenmill.model.plan import Layout, make_layout, make_plan
+from tokenmill.model.plan import Layout, flops_per_token, make_layout, make_plan
 from tokenmill.model.presets import preset_names
 from tokenmill.model.stage import build_model_stage
 
@@ -187,6 +187,13 @@ def test_plan_flops_and_layouts():
         make_layout(c, 10, None, 4, 1, False)
     with pytest.raises(TokenmillError, match="--tp 3 does not divide the 64 attention heads"):
         make_layout(c, None, None, 3, 1, False)
+
+
+def test_plan_attention_flops_follow_each_layers_window():
+    """Gemma-style layers: every 2nd attends over all 64 tokens, the others over a window of 8."""
+    config = ModelConfig(**{**SMALL, "context_length": 64, "n_layers": 4}, sliding_window=8, sliding_window_pattern=2)
+    flops = flops_per_token(config, {"matmul": 100}, seq_len=64)
+    assert flops["forward"] == 2 * 100 + 4 * 4 * 8 * (8 + 64 + 8 + 64) and flops["context"] == 36
 
 
 def test_plan_cli_prints_the_seed_figures(capsys):
