@@ -15,7 +15,7 @@ from tokenmill.model.anatomy import (
 from tokenmill.model.cli import register
 from tokenmill.model.config import ModelConfig, make_config
 from tokenmill.model.io import build_model
-from tokenmill.model.plan import Layout, make_layout, make_plan
+from tokenmill.model.plan import Layout, flops_per_token, make_layout, make_plan
 from tokenmill.model.presets import preset_names
 from tokenmill.model.stage import build_model_stage
 
@@ -54,6 +54,17 @@ def run_cli(*argv: str) -> int:
     (dict(mlp="mish"), r"mlp: Input should be 'gelu', 'relu', 'relu2', 'swiglu' or 'geglu'"),
     (dict(d_modle=32), r"unknown field 'd_modle'"),
     (dict(dropout=1.0), r"dropout: Input should be less than 1"),
+    (dict(rope_scaling="llama3", rope_factor=8.0, rope_original_context=8), "needs rope_low_freq_factor and rope_high_freq_factor"),
+    (dict(rope_scaling="llama3", rope_factor=8.0, rope_original_context=8, rope_low_freq_factor=4.0, rope_high_freq_factor=1.0),
+     r"rope_high_freq_factor \(1.0\) must exceed rope_low_freq_factor \(4.0\)"),
+    (dict(rope_low_freq_factor=1.0), "apply to rope_scaling 'llama3' only"),
+    (dict(rope_scaling="llama3", rope_factor=8.0), "rope_scaling 'llama3' needs rope_original_context"),
+    (dict(sliding_window_pattern=2), "sliding_window_pattern needs sliding_window"),
+    (dict(sliding_window=4, sliding_window_pattern=1), r"sliding_window_pattern: Input should be greater than 1"),
+    (dict(rope_local_theta=100.0), "rope_local_theta applies to position 'rope' with sliding_window set"),
+    (dict(bias=True, qkv_bias=True), "qkv_bias is redundant with bias true"),
+    (dict(post_norms=True, norm_place="post"), "post_norms applies to sequential pre-norm blocks"),
+    (dict(attn_logit_softcap=0.0), r"attn_logit_softcap: Input should be greater than 0"),
 ])
 def test_config_errors_name_the_field_and_the_reason(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -176,6 +187,13 @@ def test_plan_flops_and_layouts():
         make_layout(c, 10, None, 4, 1, False)
     with pytest.raises(TokenmillError, match="--tp 3 does not divide the 64 attention heads"):
         make_layout(c, None, None, 3, 1, False)
+
+
+def test_plan_attention_flops_follow_each_layers_window():
+    """Gemma-style layers: every 2nd attends over all 64 tokens, the others over a window of 8."""
+    config = ModelConfig(**{**SMALL, "context_length": 64, "n_layers": 4}, sliding_window=8, sliding_window_pattern=2)
+    flops = flops_per_token(config, {"matmul": 100}, seq_len=64)
+    assert flops["forward"] == 2 * 100 + 4 * 4 * 8 * (8 + 64 + 8 + 64) and flops["context"] == 36
 
 
 def test_plan_cli_prints_the_seed_figures(capsys):

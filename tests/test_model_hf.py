@@ -19,6 +19,7 @@ from tokenmill.errors import TokenmillError  # noqa: E402
 from tokenmill.model.config import ModelConfig  # noqa: E402
 from tokenmill.model.hf import export_hf, import_hf  # noqa: E402
 from tokenmill.model.io import build_model, load_model, save_model  # noqa: E402
+from tokenmill.model.kv_cache import KVCache  # noqa: E402
 
 T = transformers
 V = 96
@@ -47,6 +48,28 @@ CASES = {
     "mpt": (lambda: T.MptConfig(d_model=32, n_layers=2, n_heads=4, vocab_size=V), "mpt"),
     "bloom": (lambda: T.BloomConfig(hidden_size=32, n_layer=2, n_head=4, vocab_size=V), "bloom"),
     "bloom-6-heads": (lambda: T.BloomConfig(hidden_size=36, n_layer=2, n_head=6, vocab_size=V), "bloom"),
+    # Llama 3.1/3.2: with theta 10^4 and an original context of 64, the 4 frequencies of head_dim 8 fall in
+    # every band (kept, blended, interpolated).
+    "llama3.1-rope": (lambda: T.LlamaConfig(**{**LLAMA, "max_position_embeddings": 256}, rope_parameters={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64, "rope_theta": 10000.0}), "llama"),
+    "smollm2-is-llama": (lambda: T.LlamaConfig(**LLAMA, tie_word_embeddings=True,
+                                               rope_parameters={"rope_type": "default", "rope_theta": 100000.0}), "llama"),
+    "qwen2": (lambda: T.Qwen2Config(**LLAMA), "qwen2"),
+    "qwen2.5-tied": (lambda: T.Qwen2Config(**LLAMA, tie_word_embeddings=True), "qwen2"),
+    "qwen3": (lambda: T.Qwen3Config(**LLAMA, head_dim=16), "qwen3"),
+    "gemma2": (lambda: T.Gemma2Config(**{**LLAMA, "num_hidden_layers": 3}, head_dim=16, sliding_window=4,
+                                      query_pre_attn_scalar=24, attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
+               "gemma2"),
+    "gemma3-text": (lambda: T.Gemma3TextConfig(**{**LLAMA, "num_hidden_layers": 3}, head_dim=16, sliding_window=4,
+                                               layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                               rope_parameters={
+                                                   "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}),
+                    "gemma3_text"),
+    # Fused Q/K/V and gate/up, otherwise LLaMA (and Mistral with its sliding window): exported as those.
+    "phi3": (lambda: T.Phi3Config(**LLAMA, pad_token_id=0), "llama"),
+    "phi3-sliding-window": (lambda: T.Phi3Config(**LLAMA, pad_token_id=0, sliding_window=5), "mistral"),
 }
 
 
@@ -80,6 +103,11 @@ def test_logits_parity_and_exact_round_trip(case, tmp_path):
     model = load_model(tmp_path / "tokenmill", device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(model(ids), reference, atol=1e-4, rtol=0)
+        # KV-cached decoding (a prompt of 5, then one token at a time) computes the same logits.
+        cache = KVCache(model.config, batch_size=2, max_len=ids.shape[1])
+        steps = [model(ids[:, :5], positions=torch.arange(5), cache=cache)]
+        steps += [model(ids[:, i : i + 1], positions=torch.tensor([i]), cache=cache) for i in range(5, ids.shape[1])]
+        torch.testing.assert_close(torch.cat(steps, dim=1), reference, atol=1e-4, rtol=0)
 
     assert export_hf(tmp_path / "tokenmill", tmp_path / "hf2").model_type == family
     again = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2").eval()
@@ -91,6 +119,39 @@ def test_logits_parity_and_exact_round_trip(case, tmp_path):
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert (tmp_path / "tokenmill" / "model.json").read_text() == (tmp_path / "tokenmill2" / "model.json").read_text()
+
+
+@pytest.mark.parametrize("case", ["phi3", "phi3-sliding-window"])
+def test_phi3_exports_with_fused_projections_when_asked(case, tmp_path):
+    hf = random_hf_model(CASES[case][0](), tmp_path / "hf")
+    ids = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
+    import_hf(tmp_path / "hf", tmp_path / "tokenmill")
+    assert export_hf(tmp_path / "tokenmill", tmp_path / "hf2", family_name="phi3").model_type == "phi3"
+    assert load_file(tmp_path / "hf2" / "model.safetensors").keys() == load_file(tmp_path / "hf" / "model.safetensors").keys()
+    again = T.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_phi3_longrope_is_refused_by_name(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = T.Phi3Config(**LLAMA, pad_token_id=0, max_position_embeddings=64, original_max_position_embeddings=16,
+                          rope_parameters={"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+                                           "rope_theta": 10000.0})
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(TokenmillError, match="RoPE type 'longrope' .*frequencies switch with the sequence length"):
+        import_hf(folder, tmp_path / "out")
+
+
+def test_gemma2_refuses_layer_types_that_are_not_every_nth(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = T.Gemma2Config(**{**LLAMA, "num_hidden_layers": 3}, head_dim=16,
+                            layer_types=["sliding_attention", "full_attention", "full_attention"])
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+    with pytest.raises(TokenmillError, match="tokenmill makes every Nth layer global"):
+        import_hf(folder, tmp_path / "out")
 
 
 def run_cli(*argv: str) -> int:

@@ -34,6 +34,13 @@ ARCHITECTURES = {
     "gpt2": dict(position="learned", mlp="gelu", norm="layernorm", bias=True),
     "bloom": dict(position="alibi", mlp="gelu", norm="layernorm", embedding_norm=True),
     "mistral": dict(position="rope", n_kv_heads=1, sliding_window=24),
+    # Sliding-window layers alternating with global ones, soft-capped scores and logits, post-norms.
+    "gemma2": dict(n_kv_heads=2, mlp="geglu", gelu_approx="tanh", norm_unit_offset=True, scale_embeddings=True,
+                   post_norms=True, sliding_window=12, sliding_window_pattern=2, query_pre_attn_scalar=24,
+                   attn_logit_softcap=5.0, final_logit_softcap=3.0),
+    # ... and with q/k norms and a RoPE base of their own in the local layers instead of soft-capping.
+    "gemma3": dict(n_kv_heads=2, mlp="geglu", gelu_approx="tanh", norm_unit_offset=True, scale_embeddings=True,
+                   post_norms=True, qk_norm=True, sliding_window=12, sliding_window_pattern=2, rope_local_theta=100.0),
 }
 
 

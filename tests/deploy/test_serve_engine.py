@@ -197,3 +197,26 @@ def test_a_quantized_model_folder_serves_its_own_greedy_tokens(tokenizer, tmp_pa
     results = run(engine, {str(i): (p, GREEDY) for i, p in enumerate(prompts(tokenizer)[:3])})
     assert [results[str(i)][0]["tokens"] for i in range(3)] == expected
     assert engine.runner.k_pool[0].dtype == torch.float32
+
+
+def test_an_imported_gemma2_serves_the_logits_of_transformers(tmp_path):
+    """Alternating sliding-window layers, soft-capped scores and logits, through the paged cache."""
+    import transformers
+
+    from tokenmill.model.hf import import_hf
+    from tokenmill.model.io import load_model
+
+    config = transformers.Gemma2Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=3, head_dim=16, sliding_window=4, attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+    )
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "tokenmill")
+    model_runner = runner.ModelRunner(load_model(tmp_path / "tokenmill", device="cpu"), num_blocks=8, block_size=4)
+    ids = torch.randint(0, 96, (12,), generator=torch.Generator().manual_seed(3)).tolist()
+    served = [model_runner.execute([ids], [0], [8], [[1, 2, 3]])]  # a prompt of 8, then one token at a time
+    served += [model_runner.execute([ids], [i], [1], [[1, 2, 3]]) for i in range(8, 12)]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(served), hf(torch.tensor([ids])).logits[0, 7:], atol=1e-4, rtol=0)

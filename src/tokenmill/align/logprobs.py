@@ -34,7 +34,7 @@ def labelled_logits(
     hidden, _ = model.hidden_states(input_ids, segment_ids=segment_ids)
     where = labels_mask[:, 1:].bool()
     labels = input_ids if labels is None else labels
-    return model.output(hidden[:, :-1][where]), labels[:, 1:][where], where
+    return model.head(hidden[:, :-1][where]), labels[:, 1:][where], where
 
 
 def token_logprobs(

@@ -105,7 +105,7 @@ def response_forward(
     entropies, each (batch, T). The LM head runs on response positions only."""
     hidden, _ = model.hidden_states(sequences)
     hidden = hidden.gather(1, actions[..., None].expand(-1, -1, hidden.shape[-1]))
-    logits = model.output(hidden).float() / temperature
+    logits = model.head(hidden).float() / temperature
     logprobs = gather_logprobs(logits, sequences.gather(1, actions + 1))
     log_p = logits.log_softmax(-1)
     entropy = -(log_p.exp() * log_p).sum(-1)

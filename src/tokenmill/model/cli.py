@@ -210,13 +210,15 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
         "convert",
         help="convert between a transformers checkpoint folder and a tokenmill model folder",
         description=(
-            "--to tokenmill: read a Hugging Face transformers checkpoint folder (config.json and safetensors) of the "
-            f"{', '.join(FAMILIES)} families into a tokenmill model folder (model.json, model.safetensors). "
+            "--to tokenmill: read a Hugging Face transformers checkpoint (config.json and safetensors) of the "
+            f"{', '.join(FAMILIES)} families into a tokenmill model folder (model.json, model.safetensors). SRC is "
+            "a folder or a Hub id, org/name or org/name@revision, fetched through the Hugging Face cache (HF_HOME, "
+            "HF_TOKEN and HF_HUB_OFFLINE apply; only the config, safetensors and tokenizer files are downloaded). "
             "--to hf: write a tokenmill model folder as the transformers family that expresses it exactly (or "
             "--family), loadable with AutoModelForCausalLM.from_pretrained. Tokenizer files are copied along."
         ),
     )
-    p.add_argument("src", metavar="SRC", help="folder to read")
+    p.add_argument("src", metavar="SRC", help="folder to read, or with --to tokenmill a Hub id org/name[@revision]")
     p.add_argument("dst", metavar="DST", help="folder to write (replaced as a whole)")
     p.add_argument("--to", required=True, choices=["tokenmill", "hf"], help="the format of DST")
     p.add_argument("--family", choices=list(FAMILIES), help="with --to hf: the transformers family to write")
@@ -224,17 +226,22 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from tokenmill.model.hf import export_hf, import_hf
-
     if Path(args.dst).resolve() == Path(args.src).resolve():
         raise TokenmillError("SRC and DST are the same folder")
     if args.to == "tokenmill":
+        from tokenmill.model.hub import checkpoint_folder
+
         if args.family:
             raise TokenmillError("--family applies to --to hf; importing reads the family from config.json")
-        config = import_hf(args.src, args.dst)
+        src = checkpoint_folder(args.src)  # before torch loads: a Hub error comes at once
+        from tokenmill.model.hf import import_hf
+
+        config = import_hf(src, args.dst)
         print(f"{args.src} -> {args.dst}: {config.n_layers} layers, d_model {config.d_model}, {config.attention_kind}, "
               f"{config.position} positions", file=sys.stderr)
     else:
+        from tokenmill.model.hf import export_hf
+
         family = export_hf(args.src, args.dst, args.family)
         print(f"{args.src} -> {args.dst}: {family.architecture}", file=sys.stderr)
     return 0

@@ -34,11 +34,21 @@ class ModelConfig(BaseModel):
 
     position: Literal["learned", "sinusoidal", "rope", "alibi"] = "rope"
     rope_theta: float = Field(10_000.0, gt=0, description="RoPE base.")
-    rope_scaling: Literal["none", "linear", "ntk", "yarn"] = "none"
+    rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3"] = "none"
     rope_factor: float = Field(1.0, ge=1.0, description="Context extension factor of rope_scaling.")
-    rope_original_context: int | None = Field(None, gt=0, description="Pre-training context (YaRN).")
+    rope_original_context: int | None = Field(None, gt=0, description="Pre-training context (YaRN, Llama 3).")
+    rope_low_freq_factor: float | None = Field(None, gt=0, description="Llama 3: wavelengths above original context / this are interpolated.")
+    rope_high_freq_factor: float | None = Field(None, gt=0, description="Llama 3: wavelengths below original context / this are kept.")
+    rope_local_theta: float | None = Field(None, gt=0, description="RoPE base of the sliding-window layers, unscaled (Gemma 3).")
     rotary_pct: float = Field(1.0, gt=0, le=1, description="Share of each head's dimensions rotated (GPT-NeoX: 0.25).")
     sliding_window: int | None = Field(None, gt=0, description="Each token sees at most this many tokens (Mistral).")
+    sliding_window_pattern: int | None = Field(
+        None, gt=1, description="Every Nth layer attends to all tokens, the others within sliding_window (Gemma 2: 2, Gemma 3: 6)."
+    )
+    qk_norm: bool = Field(False, description="A norm over each head's queries and keys before RoPE (Qwen3, Gemma 3).")
+    query_pre_attn_scalar: int | None = Field(None, gt=0, description="Scores scaled by 1/√this, not 1/√head_dim (Gemma 2, 3).")
+    attn_logit_softcap: float | None = Field(None, gt=0, description="Attention scores become cap·tanh(score/cap) (Gemma 2).")
+    final_logit_softcap: float | None = Field(None, gt=0, description="Output logits become cap·tanh(logit/cap) (Gemma 2).")
 
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
     norm_eps: float = Field(1e-5, gt=0)
@@ -47,12 +57,14 @@ class ModelConfig(BaseModel):
     norm_unit_offset: bool = Field(False, description="RMSNorm scales by 1 + γ, γ stored around zero (Gemma).")
     embedding_norm: bool = Field(False, description="A norm right after the token embedding (BLOOM).")
     scale_embeddings: bool = Field(False, description="Multiply embeddings by √d_model (Gemma, original Transformer).")
+    post_norms: bool = Field(False, description="Norms on the attention and MLP outputs too, before each residual sum (Gemma 2, 3).")
     parallel_block: bool = Field(False, description="x + attn(norm(x)) + mlp(norm(x)) (GPT-NeoX, Falcon).")
     parallel_shared_norm: bool = Field(False, description="Attention and MLP read one norm's output (Falcon-7B).")
 
     mlp: Literal["gelu", "relu", "relu2", "swiglu", "geglu"] = "swiglu"
     gelu_approx: Literal["none", "tanh"] = Field("none", description="tanh approximation of GELU (GPT-2, BLOOM, Gemma).")
     bias: bool = Field(False, description="Biases in the attention and MLP projections.")
+    qkv_bias: bool = Field(False, description="Biases in the Q, K, V projection only, where bias is off (Qwen2).")
     tie_embeddings: bool = Field(True, description="The output head reuses the token embedding matrix.")
     dropout: float = Field(0.0, ge=0, lt=1)
     init_std: float = Field(0.02, gt=0, description="Std of the normal init; N(0,1) blows up tied-embedding losses.")
@@ -94,8 +106,27 @@ class ModelConfig(BaseModel):
             raise ValueError("rope_factor is set but rope_scaling is 'none'; choose linear, ntk or yarn")
         if self.rope_scaling != "none" and self.rope_factor <= 1.0:
             raise ValueError(f"rope_scaling '{self.rope_scaling}' needs rope_factor > 1 (the context extension)")
-        if self.rope_scaling == "yarn" and self.rope_original_context is None:
-            raise ValueError("rope_scaling 'yarn' needs rope_original_context (the pre-training context length)")
+        if self.rope_scaling in ("yarn", "llama3") and self.rope_original_context is None:
+            raise ValueError(f"rope_scaling '{self.rope_scaling}' needs rope_original_context (the pre-training context length)")
+        llama3_factors = (self.rope_low_freq_factor, self.rope_high_freq_factor)
+        if self.rope_scaling == "llama3":
+            if None in llama3_factors:
+                raise ValueError("rope_scaling 'llama3' needs rope_low_freq_factor and rope_high_freq_factor")
+            if self.rope_high_freq_factor <= self.rope_low_freq_factor:
+                raise ValueError(
+                    f"rope_high_freq_factor ({self.rope_high_freq_factor}) must exceed rope_low_freq_factor "
+                    f"({self.rope_low_freq_factor}): the band between them is blended"
+                )
+        elif llama3_factors != (None, None):
+            raise ValueError("rope_low_freq_factor and rope_high_freq_factor apply to rope_scaling 'llama3' only")
+        if self.sliding_window_pattern is not None and self.sliding_window is None:
+            raise ValueError("sliding_window_pattern needs sliding_window (the window of the local layers)")
+        if self.rope_local_theta is not None and (self.position != "rope" or self.sliding_window is None):
+            raise ValueError("rope_local_theta applies to position 'rope' with sliding_window set (the local layers' base)")
+        if self.qkv_bias and self.bias:
+            raise ValueError("qkv_bias is redundant with bias true (bias already covers Q, K and V)")
+        if self.post_norms and (self.norm_place == "post" or self.parallel_block):
+            raise ValueError("post_norms applies to sequential pre-norm blocks (norm_place 'pre', parallel_block false)")
         if self.position == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions pair sin and cos: d_model ({self.d_model}) must be even")
         if self.parallel_block and self.norm_place == "post":
@@ -109,6 +140,12 @@ class ModelConfig(BaseModel):
     @property
     def gated(self) -> bool:
         return self.mlp in ("swiglu", "geglu")
+
+    def layer_window(self, layer_idx: int) -> int | None:
+        """How far back layer `layer_idx` attends (None: every earlier token)."""
+        if self.sliding_window_pattern is not None and (layer_idx + 1) % self.sliding_window_pattern == 0:
+            return None
+        return self.sliding_window
 
     @property
     def rotary_dim(self) -> int:

@@ -10,6 +10,7 @@ architecture, so a switch the family lacks is reported by name rather than silen
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from tokenmill.model.transformer import Transformer
 
 # Fields that describe training, not the function a checkpoint computes.
 TRAINING_FIELDS = ("dropout", "init_std")
+# Hugging Face's own settings of a model that travel with it both ways, as they are (eos ids, sampling defaults).
+GENERATION_CONFIG = "generation_config.json"
+
+
+def copy_hf_files(src: Path, dst: Path) -> None:
+    copy_tokenizer(src, dst)
+    if (src / GENERATION_CONFIG).is_file():
+        shutil.copyfile(src / GENERATION_CONFIG, dst / GENERATION_CONFIG)
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -114,6 +123,11 @@ def weights_from_hf(hf: dict[str, torch.Tensor], config: ModelConfig, family: Fa
                 t = take(f"{name.format(i=i)}.{kind}")
                 t = _qkv_from_hf(t.t() if family.transposed and t.dim() == 2 else t, layout, config)
             out[f"layers.{i}.attn.wqkv.{kind}"] = t
+    gate_up = family.gate_up(config)
+    for i in range(config.n_layers if gate_up else 0):
+        for kind in ("weight", "bias"):
+            if f"layers.{i}.ffn.w1.{kind}" in expected:
+                out[f"layers.{i}.ffn.w1.{kind}"], out[f"layers.{i}.ffn.w3.{kind}"] = take(f"{gate_up.format(i=i)}.{kind}").chunk(2)
     if config.tie_embeddings:
         hf.pop(f"{family.modules(config)['output']}.weight", None)  # a tied head some checkpoints store anyway
     leftover = sorted(k for k in hf if not k.endswith(family.ignored_suffixes))
@@ -149,6 +163,13 @@ def weights_to_hf(state: dict[str, torch.Tensor], config: ModelConfig, family: F
             else:
                 t = _qkv_to_hf(t, layout, config)
                 out[f"{name.format(i=i)}.{kind}"] = t.t() if family.transposed and t.dim() == 2 else t
+    gate_up = family.gate_up(config)
+    for i in range(config.n_layers if gate_up else 0):
+        for kind in ("weight", "bias"):
+            w1, w3 = f"layers.{i}.ffn.w1.{kind}", f"layers.{i}.ffn.w3.{kind}"
+            if w1 in state:
+                out[f"{gate_up.format(i=i)}.{kind}"] = torch.cat((state[w1], state[w3]))
+                used.update((w1, w3))
     unused = sorted(set(state) - used)
     if unused:
         raise TokenmillError(f"the {family.model_type} layout has no place for {unused[:6]}")
@@ -198,7 +219,7 @@ def special_token_ids(folder: Path) -> dict[str, int | None]:
 
 
 def import_hf(src: str | Path, dst: str | Path) -> ModelConfig:
-    """A transformers checkpoint folder → a tokenmill model folder (tokenizer files copied)."""
+    """A transformers checkpoint folder → a tokenmill model folder (tokenizer files and generation config copied)."""
     src = Path(src)
     path = src / "config.json"
     if not path.is_file():
@@ -212,7 +233,7 @@ def import_hf(src: str | Path, dst: str | Path) -> ModelConfig:
     with atomic_dir(dst) as tmp:
         write_weights(state, tmp / WEIGHTS)
         write_text(tmp / "model.json", config_json(config))
-        copy_tokenizer(src, tmp)
+        copy_hf_files(src, tmp)
     return config
 
 
@@ -229,5 +250,5 @@ def export_hf(src: str | Path, dst: str | Path, family_name: str | None = None) 
     with atomic_dir(dst) as tmp:
         write_weights(weights_to_hf(state, config, family), tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)
-        copy_tokenizer(src, tmp)
+        copy_hf_files(src, tmp)
     return family

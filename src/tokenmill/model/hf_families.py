@@ -7,7 +7,7 @@ it lays out the fused Q, K, V rows. The conversion itself is generic (hf.py).
 QKV layouts: "separate" (q_proj, k_proj, v_proj), "concat" (one matrix, [Q; K; V], as
 tokenmill), "per_head" (one matrix, [q₀ k₀ v₀ q₁ k₁ v₁ ...]: GPT-NeoX, BLOOM, Falcon MHA),
 "grouped" (one matrix, per key/value head its queries then its key and value: Falcon's new
-decoder architecture).
+decoder architecture). A fused MLP input (Phi-3's gate_up_proj) stacks [W1; W3].
 """
 
 from __future__ import annotations
@@ -52,7 +52,18 @@ def rope_from_hf(family: str, h: dict, context: int) -> dict[str, Any]:
         original = _first(params, "original_max_position_embeddings", default=_first(h, "original_max_position_embeddings", default=context))
         factor = params.get("factor") or context / original
         return {**fields, "rope_scaling": "yarn", "rope_factor": float(factor), "rope_original_context": int(original)}
-    raise TokenmillError(f"{family} checkpoint not supported: RoPE type '{kind}' (tokenmill implements default, linear and yarn)")
+    if kind == "llama3":
+        return {
+            **fields, "rope_scaling": "llama3", "rope_factor": float(params["factor"]),
+            "rope_original_context": int(params["original_max_position_embeddings"]),
+            "rope_low_freq_factor": float(params["low_freq_factor"]), "rope_high_freq_factor": float(params["high_freq_factor"]),
+        }
+    if kind == "longrope":
+        raise TokenmillError(
+            f"{family} checkpoint not supported: RoPE type 'longrope' (Phi-3 128k, Phi-3.5): its frequencies switch "
+            "with the sequence length, which tokenmill does not do; the 4k-context models convert"
+        )
+    raise TokenmillError(f"{family} checkpoint not supported: RoPE type '{kind}' (tokenmill implements default, linear, yarn and llama3)")
 
 
 def rope_to_hf(config: ModelConfig) -> dict[str, Any]:
@@ -66,11 +77,36 @@ def rope_to_hf(config: ModelConfig) -> dict[str, Any]:
                               "rope_theta": config.rope_theta}
     if config.rope_scaling != "none":
         params["factor"] = config.rope_factor
-    if config.rope_scaling == "yarn":
+    if config.rope_scaling in ("yarn", "llama3"):
         params["original_max_position_embeddings"] = config.rope_original_context
+    if config.rope_scaling == "llama3":
+        params["low_freq_factor"], params["high_freq_factor"] = config.rope_low_freq_factor, config.rope_high_freq_factor
     if config.rotary_pct != 1.0:
         params["partial_rotary_factor"] = config.rotary_pct
     return {"rope_parameters": params}
+
+
+def sliding_from_hf(family: str, h: dict, default_pattern: int) -> dict[str, Any]:
+    """sliding_window and sliding_window_pattern from `layer_types` (transformers 5), or from the
+    family's fixed alternation (older configs: Gemma 2 every 2nd layer global, Gemma 3 every 6th)."""
+    n, window = h["num_hidden_layers"], h.get("sliding_window")
+    types = h.get("layer_types") or [
+        "full_attention" if (i + 1) % h.get("sliding_window_pattern", default_pattern) == 0 else "sliding_attention"
+        for i in range(n)
+    ]
+    _require(family, set(types) <= {"full_attention", "sliding_attention"}, f"layer_types {sorted(set(types))}")
+    if window is None or "sliding_attention" not in types:
+        return {"sliding_window": None}
+    if "full_attention" not in types:
+        return {"sliding_window": window}
+    pattern = types.index("full_attention") + 1
+    every_nth = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+    _require(family, types == every_nth, f"layer_types {types} (tokenmill makes every Nth layer global)")
+    return {"sliding_window": window, "sliding_window_pattern": pattern}
+
+
+def sliding_to_hf(c: ModelConfig) -> list[str]:
+    return ["full_attention" if c.layer_window(i) is None else "sliding_attention" for i in range(c.n_layers)]
 
 
 def _gelu_from_hf(family: str, act: str) -> dict[str, str]:
@@ -101,6 +137,10 @@ class Family(ABC):
     @abstractmethod
     def qkv(self, config: ModelConfig) -> tuple[str, str]:
         """(layout, HF module of the fused QKV, or the q_proj name with `{}` for q/k/v)."""
+
+    def gate_up(self, config: ModelConfig) -> str | None:
+        """The HF module holding the gated MLP's W1 and W3 stacked (`{i}` for the layer), if fused."""
+        return None
 
     def header(self) -> dict[str, Any]:
         return {"architectures": [self.architecture], "model_type": self.model_type}
@@ -144,6 +184,9 @@ class Llama(Family):
             "layers.{i}.ffn.w1": "model.layers.{i}.mlp.gate_proj",
             "layers.{i}.ffn.w2": "model.layers.{i}.mlp.down_proj",
             "layers.{i}.ffn.w3": "model.layers.{i}.mlp.up_proj",
+            # Present only with qk_norm (Qwen3, Gemma 3).
+            "layers.{i}.attn.q_norm": "model.layers.{i}.self_attn.q_norm",
+            "layers.{i}.attn.k_norm": "model.layers.{i}.self_attn.k_norm",
         }
 
     def qkv(self, c: ModelConfig) -> tuple[str, str]:
@@ -177,6 +220,124 @@ class Gemma(Llama):
         out = super().to_hf(c)
         del out["mlp_bias"]
         return {**out, "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh"}
+
+
+class Gemma2(Gemma):
+    """Gemma 2: soft-capped attention scores and logits, sliding-window layers alternating with
+    global ones, norms before and after attention and MLP, scores scaled by query_pre_attn_scalar."""
+
+    model_type, architecture = "gemma2", "Gemma2ForCausalLM"
+    default_pattern, default_softcaps = 2, (50.0, 30.0)
+
+    def from_hf(self, h: dict) -> dict[str, Any]:
+        _require(self.model_type, not h.get("use_bidirectional_attention"), "use_bidirectional_attention")
+        attn_cap, final_cap = (h.get(key, default) for key, default in
+                               zip(("attn_logit_softcapping", "final_logit_softcapping"), self.default_softcaps))
+        return {
+            **super().from_hf(h), **sliding_from_hf(self.model_type, h, self.default_pattern), "post_norms": True,
+            "query_pre_attn_scalar": h.get("query_pre_attn_scalar", 256),
+            "attn_logit_softcap": None if attn_cap is None else float(attn_cap),
+            "final_logit_softcap": None if final_cap is None else float(final_cap),
+        }
+
+    def to_hf(self, c: ModelConfig) -> dict[str, Any]:
+        return {
+            **super().to_hf(c), "query_pre_attn_scalar": c.query_pre_attn_scalar or c.head_dim,
+            "attn_logit_softcapping": c.attn_logit_softcap, "final_logit_softcapping": c.final_logit_softcap,
+            "sliding_window": c.sliding_window, "layer_types": sliding_to_hf(c),
+        }
+
+    def modules(self, c: ModelConfig) -> dict[str, str]:
+        layer = "model.layers.{i}."
+        return {
+            **super().modules(c), "layers.{i}.attn_post_norm": layer + "post_attention_layernorm",
+            "layers.{i}.ffn_norm": layer + "pre_feedforward_layernorm",
+            "layers.{i}.ffn_post_norm": layer + "post_feedforward_layernorm",
+        }
+
+
+class Gemma3Text(Gemma2):
+    """Gemma 3's language model (Gemma3ForCausalLM): Gemma 2 with q/k norms instead of soft-capping,
+    and a RoPE base of its own, unscaled, for the sliding-window layers."""
+
+    model_type, architecture = "gemma3_text", "Gemma3ForCausalLM"
+    default_pattern, default_softcaps = 6, (None, None)
+
+    def from_hf(self, h: dict) -> dict[str, Any]:
+        rope = h.get("rope_parameters") or {}
+        full = dict(rope.get("full_attention") or {**(h.get("rope_scaling") or {})})
+        full.setdefault("rope_theta", h.get("rope_theta", 1_000_000.0))
+        local = rope.get("sliding_attention") or {"rope_theta": h.get("rope_local_base_freq", 10_000.0)}
+        _require(self.model_type, local.get("rope_type", "default") == "default",
+                 f"RoPE type '{local.get('rope_type')}' on the sliding-window layers")
+        fields = super().from_hf({**h, "rope_parameters": full, "rope_scaling": None})
+        local_theta = float(local["rope_theta"]) if fields["sliding_window"] is not None else None
+        return {**fields, "qk_norm": True, "rope_local_theta": local_theta}
+
+    def to_hf(self, c: ModelConfig) -> dict[str, Any]:
+        out = super().to_hf(c)
+        local = {"rope_type": "default", "rope_theta": c.rope_local_theta or c.rope_theta}
+        return {**out, "rope_parameters": {"full_attention": out["rope_parameters"], "sliding_attention": local}}
+
+
+class Qwen2(Llama):
+    """Qwen2 and Qwen2.5: LLaMA with biases on Q, K and V (and nowhere else)."""
+
+    model_type, architecture = "qwen2", "Qwen2ForCausalLM"
+
+    def from_hf(self, h: dict) -> dict[str, Any]:
+        # Qwen's sliding window covers only the layers above max_window_layers; no release turns it on.
+        _require(self.model_type, not h.get("use_sliding_window", False), "use_sliding_window")
+        return {**super().from_hf({**h, "attention_bias": False, "mlp_bias": False}), "qkv_bias": True}
+
+    def to_hf(self, c: ModelConfig) -> dict[str, Any]:
+        out = super().to_hf(c)
+        del out["attention_bias"], out["mlp_bias"]  # hard-wired in transformers' Qwen2
+        return {**out, "use_sliding_window": False}
+
+
+class Qwen3(Llama):
+    """Qwen3: LLaMA with an RMSNorm over each head's queries and keys before RoPE."""
+
+    model_type, architecture = "qwen3", "Qwen3ForCausalLM"
+
+    def from_hf(self, h: dict) -> dict[str, Any]:
+        _require(self.model_type, not h.get("use_sliding_window", False), "use_sliding_window")
+        # Its attention_bias leaves the MLP without biases; tokenmill's bias covers both.
+        _require(self.model_type, not h.get("attention_bias", False), "attention_bias")
+        return {**super().from_hf(h), "qk_norm": True}
+
+    def to_hf(self, c: ModelConfig) -> dict[str, Any]:
+        out = super().to_hf(c)
+        del out["mlp_bias"]
+        return {**out, "use_sliding_window": False}
+
+
+class Phi3(Llama):
+    """Phi-3 (and Phi-4-mini): LLaMA with Q, K, V in one matrix and the MLP's gate and up in another."""
+
+    model_type, architecture = "phi3", "Phi3ForCausalLM"
+
+    def from_hf(self, h: dict) -> dict[str, Any]:
+        fields = super().from_hf({**h, "attention_bias": False, "mlp_bias": False})
+        return {**fields, "sliding_window": h.get("sliding_window"), "dropout": h.get("resid_pdrop", 0.0)}
+
+    def to_hf(self, c: ModelConfig) -> dict[str, Any]:
+        out = super().to_hf(c)
+        del out["attention_bias"], out["mlp_bias"]
+        return {**out, "sliding_window": c.sliding_window, "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
+                "original_max_position_embeddings": c.context_length}
+
+    def modules(self, c: ModelConfig) -> dict[str, str]:
+        modules = super().modules(c)
+        del modules["layers.{i}.ffn.w1"], modules["layers.{i}.ffn.w3"]
+        return modules
+
+    def qkv(self, c: ModelConfig) -> tuple[str, str]:
+        return "concat", "model.layers.{i}.self_attn.qkv_proj"
+
+    def gate_up(self, c: ModelConfig) -> str | None:
+        return "model.layers.{i}.mlp.gate_up_proj"
 
 
 class GPT2(Family):
@@ -415,4 +576,8 @@ class Bloom(Family):
         return "per_head", "transformer.h.{i}.self_attention.query_key_value"
 
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (Llama(), Mistral(), Gemma(), GPT2(), GPTNeoX(), Falcon(), MPT(), Bloom())}
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (Llama(), Mistral(), Gemma(), Gemma2(), Gemma3Text(), Qwen2(), Qwen3(), Phi3(), GPT2(), GPTNeoX(), Falcon(),
+              MPT(), Bloom())
+}

@@ -83,9 +83,10 @@ def parameter_counts(config: ModelConfig) -> dict:
 
 def flops_per_token(config: ModelConfig, counts: dict, seq_len: int) -> dict:
     n = counts["matmul"]
-    context = min(seq_len, config.sliding_window or seq_len)
-    attention = 4 * config.n_layers * config.n_heads * config.head_dim * context  # QKᵀ and AV, forward
-    return {"N": n, "context": context, "forward": 2 * n + attention, "training": 6 * n + 3 * attention}
+    # Each layer attends over the context its window allows (Gemma's global layers over all of it).
+    contexts = [min(seq_len, config.layer_window(i) or seq_len) for i in range(config.n_layers)]
+    attention = 4 * config.n_heads * config.head_dim * sum(contexts)  # QKᵀ and AV, forward
+    return {"N": n, "context": sum(contexts) // config.n_layers, "forward": 2 * n + attention, "training": 6 * n + 3 * attention}
 
 
 def training_memory(config: ModelConfig, counts: dict, layout: Layout, seq_len: int, batch: int) -> dict:

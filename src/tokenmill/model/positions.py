@@ -21,10 +21,16 @@ def sinusoidal(positions: torch.Tensor, d_model: int) -> torch.Tensor:
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)
 
 
-def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies of the rotated dimensions and the factor applied to cos and sin."""
+def rope_frequencies(config: ModelConfig, local: bool = False) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies of the rotated dimensions and the factor applied to cos and sin.
+
+    `local`: those of the sliding-window layers when they have a base of their own (Gemma 3),
+    which context extension leaves alone.
+    """
     dim, base, factor = config.rotary_dim, config.rope_theta, config.rope_factor
     exponents = torch.arange(0, dim, 2, dtype=torch.float32) / dim
+    if local:
+        return 1.0 / (config.rope_local_theta**exponents), 1.0
     if config.rope_scaling == "ntk":
         # NTK-aware scaling (bloc97, 2023): raise the base so the lowest frequency stretches by
         # `factor` while the highest stays; the same as a larger rope_theta.
@@ -35,7 +41,25 @@ def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
         return inv_freq / factor, 1.0
     if config.rope_scaling == "yarn":
         return _yarn(inv_freq, dim, base, factor, config.rope_original_context)
+    if config.rope_scaling == "llama3":
+        return _llama3(inv_freq, factor, config.rope_low_freq_factor, config.rope_high_freq_factor,
+                       config.rope_original_context), 1.0
     return inv_freq, 1.0
+
+
+def _llama3(inv_freq: torch.Tensor, factor: float, low: float, high: float, original: int) -> torch.Tensor:
+    """Llama 3.1's frequency rescaling, as `transformers` computes it.
+
+    Wavelengths longer than original / low (dimensions that never completed a turn in
+    pre-training) are interpolated by the factor, those shorter than original / high are kept,
+    and the band between is blended by how many turns it made over the original context.
+    """
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    between = ~(wavelen < original / high) & ~(wavelen > original / low)
+    return torch.where(between, blended, scaled)
 
 
 def _yarn(inv_freq: torch.Tensor, dim: int, base: float, factor: float, original: int) -> tuple[torch.Tensor, float]:

@@ -3,6 +3,7 @@
     logits = model(input_ids)                                  # (batch, seq, vocab)
     logits = model(ids, positions=pos, cache=kv_cache)         # decoding with a KV cache
     logits, attn = model(ids, return_attn=True)                # attn[layer]: (batch, heads, seq, keys)
+    logits = model.head(model.hidden_states(ids)[0])           # the same, in two steps
 
 Parameter names (`layers.3.attn.wqkv.weight`, `layers.3.ffn.w1.weight`, ...) follow Meta's
 LLaMA code; `hf.py` maps them to each Hugging Face layout. How the model is parallelised is
@@ -24,13 +25,15 @@ Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin, (..., 1, T, rotary_dim)
 
 
 class Norm(nn.Module):
-    """LayerNorm or RMSNorm; RMSNorm computes in float32 as LLaMA and Gemma do."""
+    """LayerNorm or RMSNorm over the last `dim` (default d_model) features; RMSNorm computes in
+    float32 as LLaMA and Gemma do."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dim: int | None = None) -> None:
         super().__init__()
         self.kind, self.eps, self.unit_offset = config.norm, config.norm_eps, config.norm_unit_offset
-        self.weight = nn.Parameter(torch.empty(config.d_model))
-        self.bias = nn.Parameter(torch.empty(config.d_model)) if config.norm_bias else None
+        dim = dim or config.d_model
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.bias = nn.Parameter(torch.empty(dim)) if config.norm_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -55,8 +58,9 @@ class Norm(nn.Module):
 class AttentionMask:
     """The additive attention bias of one forward pass: causal, sliding window, ALiBi, and packing.
 
-    Every layer attends to the same keys, so the bias is built once per key length and shared.
-    None means plain causal attention over a fresh sequence, which SDPA does without a mask.
+    Every layer attends to the same keys, so the bias is built once per key length and window
+    (layers may differ in their window) and shared. None means plain causal attention over a
+    fresh sequence, which SDPA does without a mask.
     With `segment_ids` (batch, seq), a row holds several packed examples and a token sees only
     the earlier tokens of its own example.
     """
@@ -64,19 +68,18 @@ class AttentionMask:
     def __init__(
         self,
         positions: torch.Tensor,
-        window: int | None,
         slopes: torch.Tensor | None,
         plain: bool,
         segment_ids: torch.Tensor | None = None,
     ) -> None:
-        self.positions, self.window, self.slopes, self.plain = positions, window, slopes, plain
+        self.positions, self.slopes, self.plain = positions, slopes, plain
         self.segment_ids = segment_ids
-        self.built: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self.built: dict[tuple[int, torch.dtype, int | None], torch.Tensor] = {}
 
-    def __call__(self, n_keys: int, dtype: torch.dtype) -> torch.Tensor | None:
-        if self.plain:
+    def __call__(self, n_keys: int, dtype: torch.dtype, window: int | None = None) -> torch.Tensor | None:
+        if self.plain and window is None:
             return None
-        if (n_keys, dtype) not in self.built:
+        if (n_keys, dtype, window) not in self.built:
             if self.segment_ids is None:
                 distance = self.positions[..., :, None] - torch.arange(n_keys, device=self.positions.device)  # (..., T, S)
                 allowed = distance >= 0
@@ -85,14 +88,14 @@ class AttentionMask:
                 index = torch.arange(n_keys, device=self.segment_ids.device)
                 distance = index[:, None] - index  # (T, S)
                 allowed = (distance >= 0) & (self.segment_ids[:, :, None] == self.segment_ids[:, None, :])
-            if self.window is not None:
-                allowed &= distance < self.window
+            if window is not None:
+                allowed &= distance < window
             bias = torch.zeros(distance.shape, dtype=dtype, device=distance.device).masked_fill(~allowed, float("-inf"))
             bias = bias.unsqueeze(-3)  # a heads axis: (..., 1, T, S)
             if self.slopes is not None:
                 bias = bias - (self.slopes[:, None, None] * distance.unsqueeze(-3)).to(dtype)
-            self.built[(n_keys, dtype)] = bias if bias.dim() == 4 else bias.unsqueeze(0)
-        return self.built[(n_keys, dtype)]
+            self.built[(n_keys, dtype, window)] = bias if bias.dim() == 4 else bias.unsqueeze(0)
+        return self.built[(n_keys, dtype, window)]
 
 
 def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -103,14 +106,52 @@ def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
     return index - torch.where(starts, index, 0).cummax(-1).values
 
 
+def scaled_dot_product(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    dropout: float = 0.0,
+    return_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q kᵀ · scale + bias) v, for q (..., heads, T, d) and k, v (..., kv_heads, S, d).
+
+    `scale` defaults to 1/√d; `softcap` squashes the scores into (-cap, cap) before the bias
+    (Gemma 2). SDPA computes it unless the probabilities are wanted or the scores are capped,
+    which SDPA cannot do; then the product is written out, and needs a bias. A None bias is
+    plain causal attention over a fresh sequence.
+    """
+    if not return_probs and softcap is None:
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=bias is None, scale=scale,
+            enable_gqa=q.shape[-3] != k.shape[-3],
+        )
+        return y, None
+    groups = q.shape[-3] // k.shape[-3]
+    k, v = k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3)
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = (scores + bias).float().softmax(dim=-1).to(q.dtype)
+    return F.dropout(probs, dropout, training=dropout > 0) @ v, probs
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.split = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
-        self.wqkv = nn.Linear(config.d_model, sum(self.split), bias=config.bias)  # Q, K and V in one GEMM
+        # Q, K and V in one GEMM
+        self.wqkv = nn.Linear(config.d_model, sum(self.split), bias=config.bias or config.qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
+        self.q_norm = Norm(config, self.head_dim) if config.qk_norm else None
+        self.k_norm = Norm(config, self.head_dim) if config.qk_norm else None
+        self.window = config.layer_window(layer_idx)
+        self.scale = None if config.query_pre_attn_scalar is None else config.query_pre_attn_scalar**-0.5
+        self.softcap = config.attn_logit_softcap
         self.dropout = config.dropout
 
     def forward(
@@ -121,6 +162,8 @@ class Attention(nn.Module):
         q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if hasattr(cache, "attend"):
@@ -129,21 +172,9 @@ class Attention(nn.Module):
             return self.wo(y.transpose(1, 2).reshape(batch, seq, -1)), None
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, positions)
-        bias = mask(k.shape[-2], q.dtype)
+        bias = mask(k.shape[-2], q.dtype, self.window)
         dropout = self.dropout if self.training else 0.0
-        probs = None
-        if return_attn:
-            # The explicit path: SDPA does not hand out its probabilities.
-            groups = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5 + bias
-            probs = scores.float().softmax(dim=-1).to(q.dtype)
-            y = F.dropout(probs, dropout, self.training) @ v
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=bias is None,
-                enable_gqa=self.n_kv_heads != self.n_heads,
-            )
+        y, probs = scaled_dot_product(q, k, v, bias, self.scale, self.softcap, dropout, return_attn)
         return self.wo(y.transpose(1, 2).reshape(batch, seq, -1)), probs
 
 
@@ -180,6 +211,9 @@ class Block(nn.Module):
         self.attn = Attention(config, layer_idx)
         self.ffn_norm = None if config.parallel_shared_norm else Norm(config)
         self.ffn = FeedForward(config)
+        # Gemma 2 and 3 normalise each branch's output as well as its input.
+        self.attn_post_norm = Norm(config) if config.post_norms else None
+        self.ffn_post_norm = Norm(config) if config.post_norms else None
         self.drop = nn.Dropout(config.dropout)
 
     def forward(
@@ -192,8 +226,13 @@ class Block(nn.Module):
             return x + self.drop(a) + self.drop(m), probs
         if self.norm_place == "pre":
             a, probs = self.attn(self.attn_norm(x), rope, mask, cache, positions, return_attn)
+            if self.attn_post_norm is not None:
+                a = self.attn_post_norm(a)
             x = x + self.drop(a)
-            return x + self.drop(self.ffn(self.ffn_norm(x))), probs
+            m = self.ffn(self.ffn_norm(x))
+            if self.ffn_post_norm is not None:
+                m = self.ffn_post_norm(m)
+            return x + self.drop(m), probs
         # Post-norm, as in the original Transformer: normalise each residual sum.
         a, probs = self.attn(x, rope, mask, cache, positions, return_attn)
         x = self.attn_norm(x + self.drop(a))
@@ -243,6 +282,9 @@ class Transformer(nn.Module):
         if self.config.position == "rope":
             inv_freq, self.rope_scale = rope_frequencies(self.config)
             self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+            if self.config.rope_local_theta is not None:
+                inv_freq, _ = rope_frequencies(self.config, local=True)
+                self.register_buffer("inv_freq_local", inv_freq.to(device), persistent=False)
         if self.config.position == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(self.config.n_heads).to(device), persistent=False)
 
@@ -262,8 +304,16 @@ class Transformer(nn.Module):
         restart at 0 in each, so a packed row computes what its examples would alone.
         """
         h, attns = self.hidden_states(input_ids, positions, cache, return_attn, segment_ids)
-        logits = self.output(h)
+        logits = self.head(h)
         return (logits, attns) if return_attn else logits
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of final hidden states: the output projection, soft-capped where the config says so."""
+        logits = self.output(h)
+        if self.config.final_logit_softcap is not None:
+            cap = self.config.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def hidden_states(
         self,
@@ -293,19 +343,23 @@ class Transformer(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.drop(x)
-        rope = None
+        rope = local_rope = None
         if config.position == "rope":
             cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale, x.dtype)
-            rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))  # broadcast over heads
+            rope = local_rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))  # broadcast over heads
+            if config.rope_local_theta is not None:
+                cos, sin = rope_cos_sin(positions, self.inv_freq_local, 1.0, x.dtype)
+                local_rope = (cos.unsqueeze(-3), sin.unsqueeze(-3))
         slopes = self.alibi_slopes if config.position == "alibi" else None
         plain = (
-            fresh and cache is None and slopes is None and config.sliding_window is None
-            and not return_attn and segment_ids is None
+            fresh and cache is None and slopes is None and not return_attn and segment_ids is None
+            and config.attn_logit_softcap is None  # the written-out product needs a mask
         )
-        mask = AttentionMask(positions, config.sliding_window, slopes, plain, segment_ids)
+        mask = AttentionMask(positions, slopes, plain, segment_ids)
         attns = []
         for layer in self.layers:
-            x, probs = layer(x, rope, mask, cache, positions, return_attn)
+            layer_rope = rope if layer.attn.window is None else local_rope
+            x, probs = layer(x, layer_rope, mask, cache, positions, return_attn)
             attns.append(probs)
         if self.norm is not None:
             x = self.norm(x)

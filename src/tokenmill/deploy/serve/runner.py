@@ -12,7 +12,9 @@ by group:
   would make every row as long as the longest, and attention costs what it reads;
 - each prompt chunk on its own, causal within the chunk, over its earlier blocks as well.
 
-Each group's mask (causal, sliding window, ALiBi) comes from the model's own `AttentionMask`.
+Each group's masks (causal, sliding window, ALiBi; one per window its layers use) come from the
+model's own `AttentionMask`, and attention itself from the model's `scaled_dot_product`, so
+that what a layer adds to attention (scale, soft-capping) is the same served as trained.
 The pool holds, per layer, keys and values as (num_blocks, block_size, n_kv_heads, head_dim).
 A sequence's result does not depend on the other sequences of the step, up to float rounding:
 greedy tokens in float32 are the same alone or batched.
@@ -24,11 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from tokenmill.deploy.serve.block_manager import NULL_BLOCK
 from tokenmill.model.config import ModelConfig
-from tokenmill.model.transformer import AttentionMask, Transformer
+from tokenmill.model.transformer import AttentionMask, Transformer, scaled_dot_product
 
 # Decoding sequences per attention group. Fewer pad less but call attention more often; on a
 # 2-core CPU, groups of 4, 8 and 16 measured alike, all far ahead of one group for the batch.
@@ -50,7 +51,7 @@ class Group:
     width: int
     blocks: slice  # their block tables, padded to one length, in the gathered blocks
     n_keys: int
-    mask: torch.Tensor
+    masks: dict[int | None, torch.Tensor]  # by the sliding window of the layers that read it
 
 
 class PagedKVCache:
@@ -58,8 +59,9 @@ class PagedKVCache:
 
     def __init__(self, k_pool: list[torch.Tensor], v_pool: list[torch.Tensor],
                  scratch: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor, blocks: torch.Tensor,
-                 groups: list[Group]) -> None:
+                 groups: list[Group], model: Transformer) -> None:
         self.k_pool, self.v_pool, self.scratch = k_pool, v_pool, scratch
+        self.layers = [layer.attn for layer in model.layers]  # each one's window, scale and soft-cap
         self.slots = slots  # token i of the step goes to slot slots[i]
         self.blocks, self.groups = blocks, groups  # the blocks each layer gathers, and who reads them
 
@@ -75,7 +77,7 @@ class PagedKVCache:
             # Every layer reuses the buffer: its keys are consumed before the next layer runs.
             out = scratch[: self.blocks.numel()]
             gathered.append(torch.index_select(pool.view(pool.shape[0], -1), 0, self.blocks, out=out))
-        heads = q.shape[1]
+        heads, attn = q.shape[1], self.layers[layer_idx]
         y = []
         for g in self.groups:
             keys, values = (x[g.blocks].view(g.rows, -1, kv_heads, dim)[:, : g.n_keys].transpose(1, 2)
@@ -84,10 +86,7 @@ class PagedKVCache:
             if g.width == 1:
                 # The query heads that share a key head read its keys once, as one query each.
                 query = query.reshape(g.rows, kv_heads, heads // kv_heads, dim)
-                out = F.scaled_dot_product_attention(query, keys, values, attn_mask=g.mask)
-            else:
-                out = F.scaled_dot_product_attention(query, keys, values, attn_mask=g.mask,
-                                                     enable_gqa=heads != kv_heads)
+            out, _ = scaled_dot_product(query, keys, values, g.masks[attn.window], attn.scale, attn.softcap)
             y.append(out.reshape(g.rows, heads, g.width, dim).transpose(0, 1).reshape(heads, g.rows * g.width, dim))
         return torch.cat(y, dim=1)[None]
 
@@ -104,7 +103,7 @@ class ModelRunner:
         self.k_pool = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(config.n_layers)]
         self.v_pool = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(config.n_layers)]
         self.scratch = (torch.empty(0), torch.empty(0))  # gathered keys and values, grown to the largest step
-        self.window = config.sliding_window
+        self.windows = {config.layer_window(i) for i in range(config.n_layers)}
         self.slopes = model.alibi_slopes if config.position == "alibi" else None
 
     def _scratch(self, n_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,11 +145,13 @@ class ModelRunner:
                 used = -(-(pos[-1] + 1) // bs)
                 blocks += table[:used] + [NULL_BLOCK] * (n_blocks - used)  # padding: zeros, and masked
                 last[i] = len(ids) - 1
-            mask = AttentionMask(tensor(where), self.window, self.slopes, plain=False)(n_keys, self.dtype)
-            if width == 1 and mask.shape[1] > 1:  # one bias per query head (ALiBi), as the folded queries see them
-                mask = mask.view(len(rows), self.model.config.n_kv_heads, -1, n_keys)
-            plan.append(Group(group_start, len(rows), width, slice(first_block, len(blocks)), n_keys, mask))
+            mask = AttentionMask(tensor(where), self.slopes, plain=False)
+            masks = {window: mask(n_keys, self.dtype, window) for window in self.windows}
+            if width == 1 and self.slopes is not None:  # one bias per query head (ALiBi), as the folded queries see them
+                masks = {w: m.view(len(rows), self.model.config.n_kv_heads, -1, n_keys) for w, m in masks.items()}
+            plan.append(Group(group_start, len(rows), width, slice(first_block, len(blocks)), n_keys, masks))
         blocks = tensor(blocks)
-        cache = PagedKVCache(self.k_pool, self.v_pool, self._scratch(len(blocks)), tensor(slots), blocks, plan)
+        cache = PagedKVCache(self.k_pool, self.v_pool, self._scratch(len(blocks)), tensor(slots), blocks, plan,
+                             self.model)
         h, _ = self.model.hidden_states(tensor([ids]), tensor([positions]), cache)
-        return self.model.output(h[0, tensor(last)]).float()
+        return self.model.head(h[0, tensor(last)]).float()
