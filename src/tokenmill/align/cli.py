@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def make_config(cls: type[BaseModel], overrides: list[str], verb: str) -> BaseModel:
-    from tokenmill.config import parse_override
+    from tokenmill.overrides import parse_override
 
     fields = {}
     for item in overrides:

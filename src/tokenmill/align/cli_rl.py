@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def section(cls: type[BaseModel], name: str, fields: dict, overrides: list[str]) -> BaseModel:
     """`cls` from `fields` with --set KEY=VALUE overrides; errors name the key as `name.KEY`."""
-    from tokenmill.config import apply_override, parse_override
+    from tokenmill.overrides import apply_override, parse_override
 
     fields = dict(fields)
     for item in overrides:

@@ -24,7 +24,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 
 def _section(args: argparse.Namespace) -> ModelSection:
-    from tokenmill.config import parse_override
+    from tokenmill.overrides import parse_override
 
     fields = {}
     for item in args.overrides:

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def read_sections(path: str | None, overrides: list[str]) -> dict[str, Any]:
     """The `model` and `pretrain` sections of a YAML run config, with --set overrides applied;
     other sections (other stages') are left alone. The run's top-level seed seeds pre-training."""
-    from tokenmill.config import apply_override, parse_override, read_config_tree
+    from tokenmill.config import read_config_tree
+    from tokenmill.overrides import apply_override, parse_override
 
     tree = read_config_tree(path)[0] if path is not None else {}
     tree = {k: ({} if v is None else v) for k, v in tree.items()}
