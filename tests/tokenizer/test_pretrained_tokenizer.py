@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hub_tokenizers import hub_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from hub_tokenizers import hub_tokenizer
 from tokenmill.errors import TokenmillError
 from tokenmill.tokenizer import Tokenizer
 from tokenmill.tokenizer.pretrained import PretrainedTokenizer
@@ -91,7 +91,7 @@ def test_token_bytes_spell_the_text(pair):
 @pytest.mark.parametrize("turns", [1, 2, 3, 4])
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
 def test_chat_ids_are_transformers_ids(pair, system, turns, add_generation_prompt):
-    family, tok, hf = pair
+    _, tok, hf = pair
     if add_generation_prompt and turns % 2 == 0:
         turns -= 1  # the prompt ends with a user turn
     messages = CONVERSATION[(0 if system else 1) : 1 + turns]
@@ -118,7 +118,7 @@ contents = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(system=st.one_of(st.none(), contents), turns=st.lists(st.tuples(contents, contents), min_size=1, max_size=3))
 def test_unicode_conversations_match_transformers(pair, system, turns):
-    family, tok, hf = pair
+    _, tok, hf = pair
     messages = [{"role": "system", "content": system}] if system is not None else []
     for question, answer in turns:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

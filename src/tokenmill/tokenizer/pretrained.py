@@ -104,7 +104,7 @@ class PretrainedTokenizer(Tokenizer):
         return None if spelling is None else self.token_to_id(spelling)
 
     @classmethod
-    def load(cls, folder) -> "PretrainedTokenizer":
+    def load(cls, folder) -> PretrainedTokenizer:
         folder = Path(folder)
         path = folder / HF_FILE
         if not path.is_file():

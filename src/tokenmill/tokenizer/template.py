@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 import jinja2.ext
@@ -41,7 +41,7 @@ class GenerationBlocks(jinja2.ext.Extension):
     The template streams its output in blocks; the offset of a generation block is the length of
     everything streamed before it, which `ChatTemplate.render` keeps in `_TRACKING`."""
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.CallBlock:
         lineno = next(parser.stream).lineno
@@ -147,7 +147,7 @@ class ChatTemplate:
                 messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
                 **self.special_tokens,
             ):
-                rendered.append(block)
+                rendered.append(block)  # noqa: PERF402 - block by block: a generation block's offset is what came before
         except (jinja2.exceptions.TemplateError, TypeError, ValueError) as e:
             raise TokenmillError(f"{self.where} refused the conversation: {e}") from None
         finally:

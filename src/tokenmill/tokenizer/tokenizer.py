@@ -23,6 +23,7 @@ from tokenmill.tokenizer.bpe import tiktoken_encoding, token_bytes
 from tokenmill.tokenizer.chat import ChatTokens, Message, encode_chat, render_chat
 from tokenmill.tokenizer.special import ASSISTANT, BOS, END, EOS, MASK, PAD, SYSTEM, USER
 
+
 def clean_text(text: str) -> str:
     """`text` with surrogate pairs joined and lone surrogates replaced by U+FFFD: valid Unicode."""
     try:
@@ -72,7 +73,8 @@ class Tokenizer:
         if not folder.is_dir():
             raise TokenmillError(f"tokenizer folder not found: {folder}")
         if not meta_path.is_file() and hf_path.is_file():
-            from tokenmill.tokenizer.pretrained import PretrainedTokenizer  # a subclass: imported here, not above
+            # A subclass of this one, so imported here rather than at the top.
+            from tokenmill.tokenizer.pretrained import PretrainedTokenizer
 
             return PretrainedTokenizer.load(folder)
         if not meta_path.is_file() or not hf_path.is_file():
