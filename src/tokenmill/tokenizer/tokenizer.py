@@ -79,8 +79,8 @@ class Tokenizer:
             return PretrainedTokenizer.load(folder)
         if not meta_path.is_file() or not hf_path.is_file():
             raise TokenmillError(
-                f"{folder} is not a tokenizer folder: it needs {HF_FILE} and {META_FILE} "
-                f"(train one with `tokenmill tokenizer train`)"
+                f"{folder} is not a tokenizer folder: it needs {HF_FILE} (a Hugging Face tokenizer), with "
+                f"{META_FILE} for one tokenmill trained (train one with `tokenmill tokenizer train`)"
             )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -45,9 +45,10 @@ def calibration_ids(source: str | Path, n_samples: int, seq_len: int, seed: int 
     # A seeded sample of documents from the whole corpus (those whose hashed ids are smallest), not
     # just its first shard: one pass, memory for the sample only.
     sample = heapq.nsmallest(4 * n_samples, read_shards(paths), key=lambda d: xxhash.xxh64_intdigest(f"{seed}:{d.id}".encode()))
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []  # a bare tokenizer.json may name none
     tokens = []
     for doc in sample:
-        tokens += [*tokenizer.prompt_ids(doc.text), tokenizer.eos_id]
+        tokens += [*tokenizer.prompt_ids(doc.text), *eos]
     n_windows = len(tokens) // seq_len
     if n_windows == 0:
         raise TokenmillError(f"{source} holds {len(tokens)} tokens: too few for one calibration window of {seq_len}")
