@@ -194,3 +194,12 @@ def test_encoded_pair_trains_only_the_answer(tokenizer):
     assert tokenizer.decode([i for i, m in zip(rejected.ids, rejected.loss_mask) if m]) == "No way.<|end|>"
     n_prompt = chosen.loss_mask.index(1)
     assert chosen.ids[:n_prompt] == rejected.ids[:n_prompt]
+
+
+def test_encoded_pair_in_a_hub_models_template_trains_only_the_answer(hub_tokenizer):
+    chosen, rejected = encode_pair(hub_tokenizer, Preference([{"role": "user", "content": "Q?"}], "Yes.", "No way."))
+    assert hub_tokenizer.decode([i for i, m in zip(chosen.ids, chosen.loss_mask) if m]) == "Yes.<|eot_id|>"
+    assert hub_tokenizer.decode([i for i, m in zip(rejected.ids, rejected.loss_mask) if m]) == "No way.<|eot_id|>"
+    n_prompt = chosen.loss_mask.index(1)
+    assert chosen.ids[:n_prompt] == rejected.ids[:n_prompt]
+    assert chosen.ids[0] == hub_tokenizer.bos_id  # the template writes <|begin_of_text|>

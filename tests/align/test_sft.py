@@ -194,3 +194,24 @@ def test_autocast_precisions_fine_tune_like_fp32(precision, model_dir, tmp_path)
     fp32, half = losses("fp32", "fp32"), losses(precision, precision)
     assert fp32 != half  # autocast did change the arithmetic
     assert max(abs(a - b) for a, b in zip(fp32, half)) < 0.05
+
+
+def test_a_hub_tokenizers_template_gives_the_ids_and_the_assistant_mask(hub_tokenizer, hub_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    [(ids, mask)] = encode_conversations(hub_tokenizer, CONVERSATIONS[1:2], 200)[0]
+    assert ids == AutoTokenizer.from_pretrained(str(hub_tokenizer_dir)).apply_chat_template(
+        CONVERSATIONS[1].messages, tokenize=True)["input_ids"]
+    assert hub_tokenizer.decode([i for i, m in zip(ids, mask) if m]) == (
+        "bisect.insort: Insert item x in list a, and keep it sorted.<|eot_id|>heapq.heappush: Push item onto heap.<|eot_id|>"
+    )
+
+
+def test_train_sft_keeps_a_hub_models_tokenizer(hub_model_dir, hub_tokenizer, tmp_path):
+    from tokenmill.tokenizer import Tokenizer
+
+    config = SftConfig(steps=3, batch_size=4, lr=1e-2, warmup_steps=1, eval_every=3, samples=1, sample_tokens=4, device="cpu")
+    summary = train_sft(config, hub_model_dir, CONVERSATIONS * 2, CONVERSATIONS, tmp_path / "sft")
+    assert summary["steps"] == 3 and summary["target_tokens"] > 0
+    tuned = Tokenizer.load(tmp_path / "sft")
+    assert (tuned.hash, tuned.stop_ids) == (hub_tokenizer.hash, {128001, 128009})  # generation_config.json travelled

@@ -110,7 +110,7 @@ class LocalModel:
             rows = fits[start : start + self.config.batch_size]
             out = generate(
                 self.model, [ids[i] for i in rows], max_tokens, temperature=self.config.temperature,
-                stop_ids={tok.end_id, tok.eos_id}, pad_id=tok.pad_id, generator=self.generator,
+                stop_ids=tok.stop_ids, pad_id=tok.pad_id, generator=self.generator,
             )
             for j, i in enumerate(rows):
                 # Decoded as an OpenAI-compatible server decodes: a stray special token stays as text.

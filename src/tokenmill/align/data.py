@@ -24,7 +24,7 @@ from tokenmill.atomic import atomic_open
 from tokenmill.compression import TRUNCATION_ERRORS, open_binary
 from tokenmill.errors import TokenmillError
 from tokenmill.sources.document import SkipLog
-from tokenmill.tokenizer.chat import ChatTokens, check_messages, encode_chat
+from tokenmill.tokenizer.chat import ChatTokens, check_messages
 
 # ShareGPT speaker names, as the datasets in the wild spell them.
 SHAREGPT_ROLES = {
@@ -300,6 +300,7 @@ def preference_record(preference: Preference) -> dict:
 
 
 def encode_pair(tokenizer, preference: Preference) -> tuple[ChatTokens, ChatTokens]:
-    """Ids and answer masks of prompt+chosen and prompt+rejected; the mask marks the answer and its <|end|>."""
+    """Ids and answer masks of prompt+chosen and prompt+rejected, in the tokenizer's chat template;
+    the mask marks the answer and its end-of-turn token."""
     chosen, rejected = preference.conversations()
-    return encode_chat(tokenizer, chosen), encode_chat(tokenizer, rejected)
+    return tokenizer.encode_chat(chosen), tokenizer.encode_chat(rejected)

@@ -153,7 +153,7 @@ class PpoTrainer:
         c, tok = self.config, self.tokenizer
         out = generate(
             self.model.policy, prompts, c.max_new_tokens, temperature=c.temperature,
-            stop_ids={tok.end_id, tok.eos_id}, pad_id=tok.pad_id, generator=self.generator,
+            stop_ids=tok.stop_ids, pad_id=tok.pad_id, generator=self.generator,
         )
         score = self.reward_model(out.sequences, out.attention_mask).float()
         sequences, actions, mask = action_index(out)

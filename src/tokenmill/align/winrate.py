@@ -43,7 +43,7 @@ def sample_and_score(
     for start in range(0, len(prompts), batch_size):
         out = generate(
             model, prompts[start : start + batch_size], max_new_tokens, temperature=temperature,
-            stop_ids={tokenizer.end_id, tokenizer.eos_id}, pad_id=tokenizer.pad_id, generator=generator,
+            stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, generator=generator,
         )
         scores.append(reward_model(out.sequences, out.attention_mask).float().cpu())
         responses += [tokenizer.decode(out.response_ids(i, strip_stop=True)) for i in range(len(out.sequences))]

@@ -79,9 +79,10 @@ class Live:
                 return self._attention[(key, prompt)]
             model = self._model(key)
             limit = min(model.config.context_length, MAX_ATTENTION_TOKENS)
-            ids = ([tok.bos_id] + tok.encode(prompt))[:limit]
+            ids = tok.prompt_ids(prompt)[:limit]
             labels = [p["text"] or "·" for p in token_pieces(tok, ids)]
-            labels[0] = "<|bos|>"
+            if ids[:1] == [tok.bos_id]:
+                labels[0] = tok.id_to_token(tok.bos_id)
             found = (labels, attention_patterns(model, ids))
             self._attention[(key, prompt)] = found
             while len(self._attention) > 16:

@@ -1,7 +1,7 @@
 """Batched sampling through the KV cache: the one generation path of pre-training and SFT
 samples, PPO rollouts, win rates, constitutional AI and the quantization report's decoding speed.
 
-    out = generate(model, prompts, max_new_tokens=48, temperature=1.0, stop_ids={tok.end_id, tok.eos_id})
+    out = generate(model, prompts, max_new_tokens=48, temperature=1.0, stop_ids=tok.stop_ids)
     out.sequences[i]            # prompt i, its response, then pad ids
     out.response_ids(i)         # the response alone (its stop token included)
 

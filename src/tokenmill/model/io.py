@@ -31,6 +31,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "chat_template.jinja",
     "added_tokens.json",
+    "generation_config.json",  # the ids that end an answer (eos_token_id)
 )
 TIED = "output.weight"
 

@@ -358,7 +358,7 @@ class Trainer:
         """Greedy, or top-k (Fan et al., 2018), drawn from a generator of its own: sampling never
         moves the training RNG (a resumed run must see the same dropout masks)."""
         prompt, tok, top_k = self.config.sample_prompt, self.tokenizer, self.config.sample_top_k
-        ids = ([tok.bos_id] + tok.encode(prompt)) if tok is not None else [1]
+        ids = tok.prompt_ids(prompt) if tok is not None else [1]
         ids, n_tokens = fit_context(ids, self.config.sample_tokens, self.batch.seq_len)
         generator = torch.Generator(device=self.d.device).manual_seed(self.config.seed + step)
         with self.amp():

@@ -20,8 +20,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenmill.errors import TokenmillError
 from tokenmill.tokenizer.artifact import FORMAT, HF_FILE, META_FILE, content_hash
 from tokenmill.tokenizer.bpe import tiktoken_encoding, token_bytes
-from tokenmill.tokenizer.chat import ChatTokens, Message, encode_chat
+from tokenmill.tokenizer.chat import ChatTokens, Message, encode_chat, render_chat
 from tokenmill.tokenizer.special import ASSISTANT, BOS, END, EOS, MASK, PAD, SYSTEM, USER
+
 
 def clean_text(text: str) -> str:
     """`text` with surrogate pairs joined and lone surrogates replaced by U+FFFD: valid Unicode."""
@@ -38,8 +39,11 @@ def utf8_size(text: str) -> int:
 
 
 class Tokenizer:
+    """A tokenizer tokenmill trained (this class), or a model's own Hugging Face tokenizer
+    (`PretrainedTokenizer`, a subclass); `Tokenizer.load` reads either from a folder."""
+
     def __init__(self, folder: Path, meta: dict[str, Any], hf_json: str) -> None:
-        self.folder = folder
+        self._setup(folder, hf_json)
         self.meta = meta
         self.kind: str = meta["kind"]
         self.hash: str = meta["hash"]
@@ -47,25 +51,36 @@ class Tokenizer:
         self.pad_id, self.bos_id, self.eos_id = (self.special_ids[t] for t in (PAD, BOS, EOS))
         self.mask_id, self.end_id = self.special_ids[MASK], self.special_ids[END]
         self.system_id, self.user_id, self.assistant_id = (self.special_ids[t] for t in (SYSTEM, USER, ASSISTANT))
+        self.stop_ids: set[int] = {self.end_id, self.eos_id}  # end of a chat turn, end of a document
+        if meta.get("encoder") == "tiktoken":
+            self._fast = tiktoken_encoding(self._hf, meta["pattern"])
+
+    def _setup(self, folder: Path, hf_json: str) -> None:
+        self.folder = folder
         self._hf = HFTokenizer.from_str(hf_json)  # finds special tokens in text
         self._hf_text = HFTokenizer.from_str(hf_json)  # reads everything as text
         self._hf_text.encode_special_tokens = True
         self.vocab_size: int = self._hf.get_vocab_size(with_added_tokens=True)
         self._bytes: list[bytes] | None = None
         self._fast: tiktoken.Encoding | None = None
-        if meta.get("encoder") == "tiktoken":
-            self._fast = tiktoken_encoding(self._hf, meta["pattern"])
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Tokenizer":
+        """The tokenizer of `folder`: tokenmill's own when tokenmill_tokenizer.json is there, else
+        the Hugging Face tokenizer whose tokenizer.json it holds (a model imported from the Hub)."""
         folder = Path(folder)
         meta_path, hf_path = folder / META_FILE, folder / HF_FILE
         if not folder.is_dir():
             raise TokenmillError(f"tokenizer folder not found: {folder}")
+        if not meta_path.is_file() and hf_path.is_file():
+            # A subclass of this one, so imported here rather than at the top.
+            from tokenmill.tokenizer.pretrained import PretrainedTokenizer
+
+            return PretrainedTokenizer.load(folder)
         if not meta_path.is_file() or not hf_path.is_file():
             raise TokenmillError(
-                f"{folder} is not a tokenizer folder: it needs {HF_FILE} and {META_FILE} "
-                f"(train one with `tokenmill tokenizer train`)"
+                f"{folder} is not a tokenizer folder: it needs {HF_FILE} (a Hugging Face tokenizer), with "
+                f"{META_FILE} for one tokenmill trained (train one with `tokenmill tokenizer train`)"
             )
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -105,8 +120,17 @@ class Tokenizer:
         """The text of `ids`; bytes that do not form a whole character become U+FFFD."""
         return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def prompt_ids(self, text: str) -> list[int]:
+        """Ids of plain text as the model reads a document in training: BOS, then the text."""
+        return [self.bos_id, *self.encode(text)]
+
+    def render_chat(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+        """The conversation as the chat template writes it, for display."""
+        return render_chat(messages, add_generation_prompt)
+
     def encode_chat(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> ChatTokens:
-        """Ids and loss mask of a conversation in the chat template (see tokenmill.tokenizer.chat)."""
+        """Ids of a conversation in the folder's chat template, and 1 on the assistant's tokens
+        (its content and end of turn), the loss mask of SFT and DPO (see tokenmill.tokenizer.chat)."""
         return encode_chat(self, messages, add_generation_prompt)
 
     def token_bytes(self, i: int) -> bytes:

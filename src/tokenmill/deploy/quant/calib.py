@@ -2,8 +2,8 @@
 
 Calibration sequences come from token shards (windows of the train split, drawn with a seed)
 or from curated documents (a seeded sample of 4 × n_samples documents, tokenized with the model
-folder's tokenizer.json, each document BOS ... EOS as in the token shards, windows drawn from
-their concatenation). Both methods then walk the model one block
+folder's tokenizer, each document BOS ... EOS as in the token shards (a model without BOS, such as
+Qwen, gets none), windows drawn from their concatenation). Both methods then walk the model one block
 at a time: `block_inputs` runs the embedding once and stops at the first block, and each block's
 outputs become the next block's inputs.
 """
@@ -21,7 +21,7 @@ import xxhash
 
 from tokenmill.errors import TokenmillError
 from tokenmill.shards import read_shards, shard_paths
-from tokenmill.tokenizer.special import BOS, EOS, SPECIAL_IDS
+from tokenmill.tokenizer.tokenizer import Tokenizer
 from tokenmill.tokenizer.tokens import token_shard_paths
 
 
@@ -41,15 +41,14 @@ def calibration_ids(source: str | Path, n_samples: int, seq_len: int, seed: int 
     paths = _document_shards(source)
     if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         raise TokenmillError(f"calibrating on documents ({source}) needs a tokenizer.json in the model folder; pass token shards instead")
-    from tokenizers import Tokenizer as HFTokenizer
-
-    tokenizer = HFTokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+    tokenizer = Tokenizer.load(tokenizer_dir)
     # A seeded sample of documents from the whole corpus (those whose hashed ids are smallest), not
     # just its first shard: one pass, memory for the sample only.
     sample = heapq.nsmallest(4 * n_samples, read_shards(paths), key=lambda d: xxhash.xxh64_intdigest(f"{seed}:{d.id}".encode()))
+    eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []  # a bare tokenizer.json may name none
     tokens = []
     for doc in sample:
-        tokens += [SPECIAL_IDS[BOS], *tokenizer.encode(doc.text, add_special_tokens=False).ids, SPECIAL_IDS[EOS]]
+        tokens += [*tokenizer.prompt_ids(doc.text), *eos]
     n_windows = len(tokens) // seq_len
     if n_windows == 0:
         raise TokenmillError(f"{source} holds {len(tokens)} tokens: too few for one calibration window of {seq_len}")

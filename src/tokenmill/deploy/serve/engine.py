@@ -110,7 +110,7 @@ class Engine:
         self.metrics = Metrics()
         self.requests: dict[str, Request] = {}
         self._arrivals, self._seq_ids = itertools.count(), itertools.count()
-        self._end_ids = {tokenizer.eos_id, tokenizer.end_id}  # end of a document, end of a chat turn
+        self._end_ids = set(tokenizer.stop_ids)  # end of a document, end of a chat turn
 
     @property
     def capacity_tokens(self) -> int:
