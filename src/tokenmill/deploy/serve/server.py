@@ -365,7 +365,8 @@ def prompt_count(prompt: str | list) -> int:
 
 
 def tokenize_prompts(server: Server, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-    """Token ids of each prompt. Text starts with <|bos|>, as every training document does; ids are taken as given."""
+    """Token ids of each prompt: text as the model reads a document (its tokenizer's BOS, where it has
+    one, then the text); ids are taken as given."""
     if isinstance(prompt, str):
         prompt = [prompt]
     if not prompt:
@@ -373,4 +374,4 @@ def tokenize_prompts(server: Server, prompt: str | list[str] | list[int] | list[
     if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]
     tokenizer = server.tokenizer
-    return [[tokenizer.bos_id, *tokenizer.encode(p)] if isinstance(p, str) else list(p) for p in prompt]
+    return [tokenizer.prompt_ids(p) if isinstance(p, str) else list(p) for p in prompt]
