@@ -13,7 +13,6 @@ from tokenmill.model import build_model, load_preset, tiny
 from tokenmill.model.quant.grid import Scheme
 from tokenmill.model.quant.linear import QuantLinear
 
-
 # Pre-norm with SwiGLU and GQA, LayerNorm with biases and GELU, one shared norm and MQA (Falcon),
 # post-norm with ReLU, RMSNorm with a unit offset (Gemma).
 FAMILIES = {

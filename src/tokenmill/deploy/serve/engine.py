@@ -33,10 +33,10 @@ import torch
 from tokenmill.deploy.serve.block_manager import BlockManager
 from tokenmill.deploy.serve.metrics import Metrics
 from tokenmill.deploy.serve.runner import ModelRunner, kv_bytes_per_token
-from tokenmill.model.sampling import SamplingParams, TokenLogprob, sample
 from tokenmill.deploy.serve.scheduler import Scheduler
 from tokenmill.deploy.serve.sequence import Request, Status
 from tokenmill.deploy.serve.sequence import Sequence as Seq
+from tokenmill.model.sampling import SamplingParams, TokenLogprob, sample
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
