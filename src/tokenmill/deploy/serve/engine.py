@@ -121,7 +121,7 @@ class Engine:
         vocab = self.model.config.vocab_size
         if not prompt_ids:
             raise ValueError("the prompt is empty")
-        bad = next((t for t in list(prompt_ids) + list(params.stop_token_ids) if not 0 <= t < vocab), None)
+        bad = next((t for t in [*prompt_ids, *params.stop_token_ids, *params.logit_bias] if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
         total = len(prompt_ids) + params.max_tokens
