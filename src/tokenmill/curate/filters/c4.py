@@ -22,10 +22,11 @@ Three differences from the reference code, on purpose (the first two can be swit
   newlines, which erases paragraphs; its input had none to lose), and a page from which
   nothing was removed is returned unchanged.
 - A line ends in terminal punctuation when its last mark past closing quotes and brackets is
-  a sentence terminal (`text.ends_with_terminal`, shared with FineWeb's rule). The reference
-  code takes any line ending in `"` or `'` for one: it keeps `."` and `the "Main Street"`
-  alike, and removes `.”`, `!’`, `?)` and `.»`, so that an article quoting in typographic
-  quotes lost its quoted lines, and with them the sentences it needs to stay. A line
+  a sentence terminal (`text.ends_with_terminal`, shared with FineWeb's rule), or, as in the
+  reference code, when it ends in a straight quote (`"` or `'`, which keeps `the "Main Street"`
+  too). The reference code stops there: it removes `.”`, `!’`, `?)` and `.»`, so that an
+  article quoting in typographic quotes lost its quoted lines, and with them the sentences it
+  needs to stay. A line
   trailing off in an ellipsis ("..." or "…", outside quotes) does not end a sentence, as in
   the reference code.
 """
@@ -43,6 +44,9 @@ from tokenmill.curate.block import BlockStats, DocumentBlock
 from tokenmill.curate.filters.gopher import WEB_ONLY
 from tokenmill.curate.filters.text import count_sentences, ends_with_ellipsis, ends_with_terminal
 from tokenmill.sources.document import Document
+
+# The reference code's own endings beyond sentence terminals: any line ending in a straight quote.
+STRAIGHT_QUOTES = ('"', "'")
 
 # Wikipedia-style citation marks, removed before the punctuation test: "... in 1995.[3]".
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
@@ -141,7 +145,8 @@ class C4Filter(DocumentBlock):
             return "too_long_word", line
         if self.remove_citations:
             line = CITATION.sub("", line)
-        if self.filter_no_terminal_punct and (not ends_with_terminal(line) or ends_with_ellipsis(line)):
+        ends = ends_with_terminal(line) or line.endswith(STRAIGHT_QUOTES)
+        if self.filter_no_terminal_punct and (not ends or ends_with_ellipsis(line)):
             return "no_terminal_punct", line
         if self.min_words_per_line is not None and len(words) < self.min_words_per_line:
             return "too_few_words", line
