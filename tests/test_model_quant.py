@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tokenmill.deploy.quant.quantize import quantize_model, scheme_for
-from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.deploy.quant.rtn import rtn
+from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.model import build_model, load_model, load_preset, tiny
 from tokenmill.model.quant.grid import Scheme
 from tokenmill.model.quant.linear import QuantLinear
