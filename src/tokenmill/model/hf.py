@@ -26,8 +26,8 @@ from tokenmill.model.config import ModelConfig, config_json, make_config, read_c
 from tokenmill.model.hf_families import FAMILIES, Family
 from tokenmill.model.io import TIED, WEIGHTS, copy_tokenizer, write_weights
 from tokenmill.model.transformer import Transformer
-from tokenmill.tokenizer.tokenizer import Tokenizer
 from tokenmill.tokenizer.artifact import HF_FILE
+from tokenmill.tokenizer.tokenizer import Tokenizer
 
 # Fields that describe training, not the function a checkpoint computes.
 TRAINING_FIELDS = ("dropout", "init_std")
