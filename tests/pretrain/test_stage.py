@@ -12,7 +12,7 @@ import torch
 import yaml
 from pretrain_runs import pretrain_fields, read_jsonl, step_losses, train_here
 
-from tokenmill.errors import ConfigError
+from tokenmill.errors import ConfigError, TokenmillError
 from tokenmill.model import load_model
 from tokenmill.model.config import config_json
 from tokenmill.pretrain import cli
@@ -114,6 +114,27 @@ def test_cli_trains_from_a_run_config_and_resumes(tmp_path, corpus):
 
     with pytest.raises(ConfigError, match="unknown key 'pretrain.learning_rate'"):
         bad = _parser().parse_args(["pretrain", *common, "--set", "pretrain.learning_rate=1"])
+        bad.func(bad)
+
+
+def test_cli_continues_pretraining_a_model_folder(tmp_path, stage_run, corpus):
+    """--init: the folder's architecture, weights and tokenizer; one step at a vanishing learning
+    rate leaves its weights as they were (a random init would not be near them)."""
+    start = stage_run[0] / "out" / "model"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": pretrain_fields(steps=1, decay_end=1, lr=1e-12, eval_every=1)}))
+    args = _parser().parse_args(["pretrain", str(config), "--init", str(start), "--tokens", str(corpus["tokens"]),
+                                 "--output", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    before, after = load_model(start, device="cpu").state_dict(), load_model(tmp_path / "out" / "model", device="cpu").state_dict()
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], atol=1e-6, rtol=0)
+    assert (tmp_path / "out" / "model" / "tokenizer.json").read_bytes() == (start / "tokenizer.json").read_bytes()
+
+    with pytest.raises(TokenmillError, match="not both"):
+        bad = _parser().parse_args(["pretrain", str(config), "--init", str(start), "--model", str(start),
+                                    "--tokens", str(corpus["tokens"]), "--output", str(tmp_path / "bad")])
         bad.func(bad)
 
 

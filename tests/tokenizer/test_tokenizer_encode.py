@@ -185,3 +185,18 @@ def test_lone_surrogates_in_a_shard(tmp_path, trained):
     decoded = [tok.decode(d[1:-1].tolist()) for d in documents_in(tmp_path / "out", "train")]
     assert decoded == [f"text {i} with a lone \ufffd and a pair 😀" for i in range(20)]
     assert stats["skipped_unreadable"]["count"] == 0
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama2"])
+def test_a_hub_tokenizer_encodes_each_document_as_the_model_reads_it(tmp_path, corpus, documents, family):
+    """A model folder's own tokenizer: its own BOS rule (Llama 2 adds one, Qwen none), then its EOS."""
+    from hub_tokenizers import hub_tokenizer
+
+    tok = Tokenizer.load(hub_tokenizer(family))
+    encode_corpus(corpus, hub_tokenizer(family), tmp_path, EncodeConfig(val_fraction=0.2, workers=1, chunk_bytes=20_000))
+    expected = [d for d in documents if not is_validation(d.id, 0.2)]
+    got = documents_in(tmp_path, "train")
+    assert len(got) == len(expected) > 0
+    for doc, ids in zip(expected, got):
+        assert ids.tolist() == [*tok.prompt_ids(doc.text), tok.eos_id]
+    assert (got[0][0] == tok.bos_id) == (family == "llama2")

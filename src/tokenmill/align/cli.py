@@ -50,15 +50,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--eval-fraction", type=float, default=0.05, metavar="F",
                        help="share of --train held out when --eval is not given (default 0.05)")
         p.add_argument("--output", "-o", required=True, metavar="OUT", help="folder to write (replaced when it exists)")
+        add_dtype(p)
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help=f"override a {verb} setting, e.g. --set lr=3e-4 --set steps=100 (repeatable)")
         p.set_defaults(func=_run, verb=verb)
 
 
-def make_config(cls: type[BaseModel], overrides: list[str], verb: str) -> BaseModel:
+def add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["fp32", "bf16"],
+                   help="the weights' dtype in training (the `dtype` setting): bf16 halves the memory of a large open model")
+
+
+def make_config(cls: type[BaseModel], overrides: list[str], verb: str, dtype: str | None = None) -> BaseModel:
     from tokenmill.overrides import parse_override
 
-    fields = {}
+    fields = {} if dtype is None else {"dtype": dtype}
     for item in overrides:
         keys, value = parse_override(item)
         if keys[0] == verb and len(keys) > 1:  # `--set sft.lr=...` reads the same
@@ -101,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         from tokenmill.align.dpo import DpoConfig as config_class
         from tokenmill.align.dpo import train_dpo as train
         load = load_preferences
-    config = make_config(config_class, args.overrides, args.verb)
+    config = make_config(config_class, args.overrides, args.verb, args.dtype)
     records = load(args.train)
     if args.eval:
         train_set, eval_set = records, load(args.eval)

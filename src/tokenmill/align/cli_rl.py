@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from tokenmill.align.cli import add_dtype
 from tokenmill.errors import ConfigError, TokenmillError
 
 
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-prompts", metavar="FILE",
                    help="held-out prompts for the win rate over SFT (default: eval_prompts held out of --prompts)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
+    add_dtype(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a PPO setting, e.g. --set steps=40 --set kl_target=4 --set adaptive_kl=false (repeatable)")
     p.set_defaults(func=_cmd_ppo)
@@ -90,7 +92,7 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     from tokenmill.align.data import load_prompts
     from tokenmill.align.ppo import PpoConfig, train_ppo
 
-    config = section(PpoConfig, "ppo", {}, args.overrides)
+    config = section(PpoConfig, "ppo", {} if args.dtype is None else {"dtype": args.dtype}, args.overrides)
     held = load_prompts(args.eval_prompts) if args.eval_prompts else None
     summary = train_ppo(config, Path(args.sft_dir), Path(args.rm), load_prompts(args.prompts), Path(args.output), held)
     print(f"{summary['steps']} PPO steps in {summary['seconds']:.1f} s: reward {summary['reward_first_quarter']:.3f} "

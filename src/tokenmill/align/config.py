@@ -50,6 +50,9 @@ class EndpointConfig(BaseModel):
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
 
 
+WeightsDtype = Literal["fp32", "bf16"]
+
+
 class TrainConfig(OptimConfig):
     """What every alignment trainer shares: budget, batch, precision, and pre-training's optimizer
     and schedule keys (OptimConfig) with defaults for fine-tuning."""
@@ -63,6 +66,10 @@ class TrainConfig(OptimConfig):
     weight_decay: float = Field(0.0, ge=0)
     precision: Precision = Field(
         "auto", description="Autocast dtype, as pre-training's; auto: bf16 on a GPU that has it (else fp16), fp32 on the CPU."
+    )
+    dtype: WeightsDtype = Field(
+        "fp32", description="The weights' dtype in training: fp32, or bf16 (weights, gradients and AdamW moments in "
+        "bfloat16: half the memory, for an open model too large to fine-tune in fp32); the folder written keeps it."
     )
     eval_every: int = Field(50, gt=0, description="Held-out figures every N steps (and at the end).")
     seed: int = 0
@@ -125,6 +132,7 @@ class PpoConfig(BaseModel):
     minibatch_size: int = Field(8, ge=1)
     ppo_epochs: int = Field(2, ge=1, description="passes over each rollout")
     max_new_tokens: int = Field(40, ge=1)
+    dtype: WeightsDtype = Field("fp32", description="the policy's dtype in training (and the value head's), as TrainConfig.dtype")
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaled logits")
     lr: float = Field(2e-4, gt=0, description="AdamW's; high for a large model, right for the quickstart's tiny one")
     max_grad_norm: float = Field(1.0, gt=0)

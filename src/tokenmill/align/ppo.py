@@ -39,6 +39,7 @@ from tokenmill.align.data import encode_prompts, write_jsonl
 from tokenmill.align.gae import gae, kl_penalised_rewards, masked_mean, whiten
 from tokenmill.align.logprobs import gather_logprobs
 from tokenmill.align.reward import load_reward_model
+from tokenmill.align.train import WEIGHTS_DTYPES
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json, write_text
 from tokenmill.device import pick_device
@@ -71,7 +72,7 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.policy = policy
         device = policy.tok_embeddings.weight.device
-        self.value_head = nn.Linear(policy.config.d_model, 1, device=device)
+        self.value_head = nn.Linear(policy.config.d_model, 1, device=device, dtype=policy.tok_embeddings.weight.dtype)
         nn.init.zeros_(self.value_head.weight)  # values start at zero, not at noise
         nn.init.zeros_(self.value_head.bias)
 
@@ -248,7 +249,7 @@ def train_ppo(
     tokenizer = Tokenizer.load(sft_dir)
     if Tokenizer.load(rm_dir).hash != tokenizer.hash:
         raise TokenmillError(f"the reward model in {rm_dir} was trained with another tokenizer than the policy in {sft_dir}")
-    policy = load_model(sft_dir, device=device, dtype=torch.float32)
+    policy = load_model(sft_dir, device=device, dtype=WEIGHTS_DTYPES[config.dtype])
     reward_model = load_reward_model(rm_dir, device=device)
     room = policy.config.context_length - config.max_new_tokens
     ids, too_long = encode_prompts(tokenizer, prompts, room)

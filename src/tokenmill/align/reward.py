@@ -39,7 +39,8 @@ class RewardModel(nn.Module):
     def __init__(self, backbone: Transformer) -> None:
         super().__init__()
         self.backbone = backbone
-        self.score = nn.Linear(backbone.config.d_model, 1, bias=False, device=backbone.tok_embeddings.weight.device)
+        weight = backbone.tok_embeddings.weight
+        self.score = nn.Linear(backbone.config.d_model, 1, bias=False, device=weight.device, dtype=weight.dtype)
         nn.init.normal_(self.score.weight, std=backbone.config.init_std)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

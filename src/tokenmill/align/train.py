@@ -33,12 +33,15 @@ from tokenmill.pretrain.schedule import lr_at
 from tokenmill.tokenizer import Tokenizer
 
 
+WEIGHTS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def load_for_training(config: TrainConfig, model_dir: Path) -> tuple[torch.device, Tokenizer, Transformer, int]:
     """What SFT, the reward model and DPO start from: the device, the seed set, the tokenizer and
-    the FP32 model of `model_dir`, and the sequence length (config.seq_len within the model's context)."""
+    the model of `model_dir` in `config.dtype`, and the sequence length (config.seq_len within the model's context)."""
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
-    model = load_model(model_dir, device=device, dtype=torch.float32)
+    model = load_model(model_dir, device=device, dtype=WEIGHTS_DTYPES[config.dtype])
     context = model.config.context_length
     return device, Tokenizer.load(model_dir), model, min(config.seq_len or context, context)
 

@@ -2,7 +2,9 @@
 
 Import reads `config.json` and safetensors (never pickles), maps the family's config to a
 `ModelConfig` and renames (and, for fused Q/K/V, reorders) every tensor. Export does the
-reverse, into a folder `AutoModelForCausalLM.from_pretrained` loads. A model is exported only
+reverse, into a folder `AutoModelForCausalLM.from_pretrained` loads, with the tokenizer files
+(chat template included) `AutoTokenizer` loads and a generation config that stops at the end of
+a chat turn. A model is exported only
 to a family that expresses it exactly: the family's config is read back and must give the same
 architecture, so a switch the family lacks is reported by name rather than silently dropped.
 """
@@ -13,6 +15,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -23,6 +26,8 @@ from tokenmill.model.config import ModelConfig, config_json, make_config, read_c
 from tokenmill.model.hf_families import FAMILIES, Family
 from tokenmill.model.io import TIED, WEIGHTS, copy_tokenizer, write_weights
 from tokenmill.model.transformer import Transformer
+from tokenmill.tokenizer.artifact import HF_FILE
+from tokenmill.tokenizer.tokenizer import Tokenizer
 
 # Fields that describe training, not the function a checkpoint computes.
 TRAINING_FIELDS = ("dropout", "init_std")
@@ -34,6 +39,19 @@ def copy_hf_files(src: Path, dst: Path) -> None:
     copy_tokenizer(src, dst)
     if (src / GENERATION_CONFIG).is_file():
         shutil.copyfile(src / GENERATION_CONFIG, dst / GENERATION_CONFIG)
+
+
+def generation_config(folder: Path) -> dict[str, Any] | None:
+    """The generation_config.json a folder without one implies: its tokenizer's BOS, every id that
+    ends an answer (end of document and end of chat turn), its padding; None without a tokenizer.
+    Without it `generate` in transformers would run past the end of a chat turn."""
+    if not (folder / HF_FILE).is_file():
+        return None
+    tokenizer = Tokenizer.load(folder)
+    stops = sorted(tokenizer.stop_ids - {tokenizer.eos_id})
+    if tokenizer.eos_id is not None:
+        stops.insert(0, tokenizer.eos_id)  # the first is the one transformers pads finished rows with
+    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": stops, "pad_token_id": tokenizer.pad_id}
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -251,4 +269,7 @@ def export_hf(src: str | Path, dst: str | Path, family_name: str | None = None) 
         write_weights(weights_to_hf(state, config, family), tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)
         copy_hf_files(src, tmp)
+        implied = None if (src / GENERATION_CONFIG).is_file() else generation_config(src)
+        if implied is not None:
+            write_json(tmp / GENERATION_CONFIG, implied)
     return family

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="YAML file or shipped config name (e.g. quickstart) with a `pretrain` section and, "
                    "unless --model is given, a `model` section")
     p.add_argument("--model", metavar="MODEL_JSON", help="model.json (or a folder holding one) of `tokenmill model`")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="continue pre-training a model folder (say an imported one): its architecture and weights, "
+                        "and its tokenizer unless --tokenizer is given")
     p.add_argument("--tokens", required=True, metavar="DIR", help="token shards written by `tokenmill encode`")
     p.add_argument("--tokenizer", metavar="DIR", help="the tokenizer folder: decodes samples, copied into the model folder")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
@@ -80,6 +83,10 @@ def _model_config(args: argparse.Namespace, section: dict | None):
     from tokenmill.model.config import describe_validation_error, read_config
     from tokenmill.model.section import ModelSection
 
+    if args.init:
+        if args.model:
+            raise TokenmillError("give --init MODEL_DIR or --model MODEL_JSON, not both: --init brings its own model.json")
+        return read_config(args.init)
     if args.model:
         return read_config(args.model)
     if section is None:
@@ -103,8 +110,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     config = _pretrain_config(sections["pretrain"])
     model_config = _model_config(args, sections["model"])
     output = Path(args.output)
-    report = train(model_config, Path(args.tokens), args.tokenizer and Path(args.tokenizer), config,
-                   Path(args.work_dir) if args.work_dir else output, output, args.resume)
+    tokenizer = args.tokenizer or args.init
+    report = train(model_config, Path(args.tokens), tokenizer and Path(tokenizer), config,
+                   Path(args.work_dir) if args.work_dir else output, output, args.resume, args.init and Path(args.init))
     if os.environ.get("RANK", "0") == "0":
         final = report["final"]
         val = ""

@@ -27,10 +27,11 @@ from tqdm import tqdm
 from tokenmill.atomic import atomic_dir, write_json, write_text
 from tokenmill.device import autocast, autocast_dtype
 from tokenmill.errors import TokenmillError
-from tokenmill.model.config import ModelConfig
+from tokenmill.model.config import ModelConfig, read_config
 from tokenmill.model.generate import fit_context, generate
-from tokenmill.model.io import build_model
+from tokenmill.model.io import TIED, build_model, read_weights
 from tokenmill.model.plan import flops_per_token, parameter_counts
+from tokenmill.model.transformer import Transformer
 from tokenmill.pretrain.checkpoint import Checkpointer, export_model
 from tokenmill.pretrain.config import PretrainConfig
 from tokenmill.pretrain.data import unigram_entropy, val_batch
@@ -127,22 +128,40 @@ def train(
     work_dir: Path,
     out_dir: Path,
     resume: bool,
+    init_dir: Path | None = None,
 ) -> dict:
     """Pre-train a model of `model_config` on the token shards of `tokens_dir`; checkpoints and
     logs go to `work_dir`, the model folder, figures and report.json to `out_dir`. Under
-    torchrun every process calls this; rank 0 writes the files. Returns the run's key metrics."""
+    torchrun every process calls this; rank 0 writes the files. Returns the run's key metrics.
+    With `init_dir` (a model folder of this architecture) training starts from its weights
+    rather than a random init: continued pre-training of an imported or earlier model."""
     d = init_distributed(config)
     try:
         return Trainer(model_config, Path(tokens_dir), tokenizer_dir and Path(tokenizer_dir), config, d,
-                       Path(work_dir), Path(out_dir)).run(resume)
+                       Path(work_dir), Path(out_dir), init_dir and Path(init_dir)).run(resume)
     finally:
         d.close()
+
+
+def start_from(model: Transformer, folder: Path) -> None:
+    """Copy the weights of the model folder `folder` into `model` (in the model's dtype)."""
+    if read_config(folder) != model.config:
+        raise TokenmillError(f"--init {folder}: its model.json differs from the architecture being trained")
+    where, state = read_weights(folder, next(model.parameters()).device)
+    missing = sorted(set(model.state_dict()) - set(state) - ({TIED} if model.config.tie_embeddings else set()))
+    if missing or set(state) - set(model.state_dict()):
+        raise TokenmillError(f"{where} does not match its model.json: missing {missing[:5] or 'nothing'}")
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name in state:
+                t.copy_(state[name])
+    model.tie_weights()
 
 
 class Trainer:
     def __init__(
         self, model_config: ModelConfig, tokens_dir: Path, tokenizer_dir: Path | None, config: PretrainConfig,
-        d: Dist, work_dir: Path, out_dir: Path,
+        d: Dist, work_dir: Path, out_dir: Path, init_dir: Path | None = None,
     ) -> None:
         self.model_config, self.config, self.d = model_config, config, d
         self.tokens_dir, self.tokenizer_dir, self.work_dir, self.out_dir = tokens_dir, tokenizer_dir, work_dir, out_dir
@@ -157,6 +176,8 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = build_model(model_config, device=d.device)
+        if init_dir is not None:
+            start_from(model, init_dir)
         decayed = decayed_names(model, config.decay_embeddings)
         b = self.batch
         self.par: Parallel = parallelize(model, d, config, b.micro_batch, b.seq_len, b.accum, self.amp_dtype)

@@ -103,13 +103,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "encode",
         help="encode document shards into token shards for pre-training",
         description=(
-            "Encode document shards with a trained tokenizer into token shards in DIR: "
-            "train-NNNNN.bin and val-NNNNN.bin (uint16 or uint32 ids, a header and a document "
-            "index; each document BOS ... EOS; see docs/tokenizer.md), split by a hash of the "
+            "Encode document shards with a trained tokenizer, or a model folder's own Hugging Face tokenizer, "
+            "into token shards in DIR: train-NNNNN.bin and val-NNNNN.bin (uint16 or uint32 ids, a header and a "
+            "document index; each document BOS ... EOS, without BOS for a tokenizer that has none, like Qwen's; "
+            "see docs/tokenizer.md), split by a hash of the "
             "document id, on all cores, and encode_stats.json with tokens per split and domain."
         ),
     )
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a folder written by `tokenmill tokenizer train`")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a folder written by `tokenmill tokenizer train`, or a model folder with its tokenizer files")
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", required=True, metavar="PATH", help=INPUT_HELP)
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write token shards to")
     p.add_argument("--workers", type=int, metavar="N", help="encoding processes (default: one per core)")

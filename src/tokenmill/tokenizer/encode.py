@@ -102,16 +102,19 @@ def encode_chunk(tok: Tokenizer, chunk: Chunk, val_fraction: float, dtype: str) 
         split = int(is_validation(doc.id, val_fraction))
         texts[split].append(doc.text)
         out.docs.append((split, str(doc.source), utf8_size(doc.text)))
+    # What the tokenizer puts before a document (`prompt_ids`): BOS for tokenmill's and Llama 2's,
+    # nothing for Qwen's or a Llama 3 tokenizer.json without a post-processor.
+    head = tok.prompt_ids("")
     for split_texts in texts:
         ids = tok.encode_batch(split_texts)
-        lengths = np.array([len(x) + 2 for x in ids], dtype=np.int64)
+        lengths = np.array([len(x) + len(head) + 1 for x in ids], dtype=np.int64)
         tokens = np.empty(int(lengths.sum()), dtype=dtype)
         pos = 0
         for x in ids:
-            tokens[pos] = tok.bos_id
-            tokens[pos + 1 : pos + 1 + len(x)] = x
-            tokens[pos + 1 + len(x)] = tok.eos_id
-            pos += len(x) + 2
+            tokens[pos : pos + len(head)] = head
+            tokens[pos + len(head) : pos + len(head) + len(x)] = x
+            tokens[pos + len(head) + len(x)] = tok.eos_id
+            pos += len(head) + len(x) + 1
         out.tokens.append(tokens)
         out.lengths.append(lengths)
     return out
@@ -177,6 +180,8 @@ def encode_corpus(
         if not p.is_file():
             raise TokenmillError(f"document shard not found: {p}")
     tok = Tokenizer.load(tokenizer_dir)
+    if tok.eos_id is None:
+        raise TokenmillError(f"the tokenizer in {tokenizer_dir} names no eos_token, which ends every document of the shards")
     dtype = token_dtype(tok.vocab_size, config.dtype)
     workers = config.workers or len(os.sched_getaffinity(0))
     out = Path(out_dir)
