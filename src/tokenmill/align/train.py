@@ -32,7 +32,6 @@ from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names,
 from tokenmill.pretrain.schedule import lr_at
 from tokenmill.tokenizer import Tokenizer
 
-
 WEIGHTS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

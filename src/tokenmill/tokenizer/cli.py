@@ -110,7 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "document id, on all cores, and encode_stats.json with tokens per split and domain."
         ),
     )
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a folder written by `tokenmill tokenizer train`, or a model folder with its tokenizer files")
+    p.add_argument("--tokenizer", required=True, metavar="DIR",
+                   help="a folder written by `tokenmill tokenizer train`, or a model folder with its tokenizer files")
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", required=True, metavar="PATH", help=INPUT_HELP)
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write token shards to")
     p.add_argument("--workers", type=int, metavar="N", help="encoding processes (default: one per core)")
