@@ -107,7 +107,26 @@ def test_stop_strings_and_stop_token_ids_are_bounded(live):
     refused(post(live, completion(stop=[""])), 400)
     refused(post(live, completion(stop_token_ids=list(range(257)))), 400, "stop_token_ids")
     assert post(live, completion(stop=["a", "b", "c", "x" * 256])).status_code == 200
-    refused(post(live, completion(logit_bias={"1": 5})), 400, "logit_bias")  # not implemented: refused by name
+
+
+def test_logit_bias_is_bounded_and_steers_the_tokens(live, model_dir):
+    refused(post(live, completion(logit_bias={str(i): 1 for i in range(301)})), 400, "logit_bias")
+    for bias in ({"1": 101}, {"one": 1}):  # a value past ±100; a key that is no token id
+        assert refused(post(live, completion(logit_bias=bias)), 400)["param"].startswith("logit_bias")
+    refused(post(live, completion(logit_bias={"1000000000": 1})), 400)
+    from tokenmill.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(model_dir)
+    word = tokenizer.encode(" the")[0]
+    body = completion(prompt="a", max_tokens=4, temperature=0, logit_bias={str(word): 100})
+    r = post(live, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == tokenizer.decode([word] * 4)
+    # -100 bans a token: greedy decoding never picks it again.
+    plain = post(live, completion(prompt="a", max_tokens=1, temperature=0)).json()["choices"][0]["text"]
+    first = tokenizer.encode(plain)[0]
+    banned = post(live, completion(prompt="a", max_tokens=1, temperature=0, logit_bias={str(first): -100}))
+    assert tokenizer.encode(banned.json()["choices"][0]["text"])[:1] != [first]
 
 
 def test_a_post_must_be_json(live):
