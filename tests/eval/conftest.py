@@ -53,7 +53,10 @@ def task_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("eval_tasks")
     data = folder / "samples.jsonl"
     data.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES), encoding="utf-8")
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n")
+    # Generation from an empty prompt is refused by the server (as by OpenAI's): those prompts have text.
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(s) + "\n" for s in SAMPLES if s["context"]), encoding="utf-8")
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
     (folder / "tiny_ll.yaml").write_text(
         "task: tiny_ll\n" + common + "output_type: loglikelihood\ndoc_to_text: '{{context}}'\n"
         "doc_to_target: '{{continuation}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
@@ -61,7 +64,7 @@ def task_dir(tmp_path_factory) -> Path:
         "task: tiny_rolling\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
         "doc_to_target: '{{context}}{{continuation}}'\nmetric_list:\n  - metric: word_perplexity\n")
     (folder / "tiny_gen.yaml").write_text(
-        "task: tiny_gen\n" + common + "output_type: generate_until\ndoc_to_text: '{{context}}'\n"
+        "task: tiny_gen\n" + common.replace(str(data), str(prompts)) + "output_type: generate_until\ndoc_to_text: '{{context}}'\n"
         "doc_to_target: '{{continuation}}'\ngeneration_kwargs:\n  until: ['.', 'the']\n  max_gen_toks: 12\n"
         "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
     return folder
