@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from jsonl_files import write_jsonl
 
 

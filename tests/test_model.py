@@ -10,7 +10,12 @@ import torch
 from tokenmill.errors import ConfigError, TokenmillError
 from tokenmill.model import ModelSection, load_model, load_preset, save_model, tiny
 from tokenmill.model.anatomy import (
-    attention_patterns, format_breakdown, inspect_stage, nearest_tokens, role_totals, tensor_rows,
+    attention_patterns,
+    format_breakdown,
+    inspect_stage,
+    nearest_tokens,
+    role_totals,
+    tensor_rows,
 )
 from tokenmill.model.cli import register
 from tokenmill.model.config import ModelConfig, make_config
@@ -217,7 +222,8 @@ def test_breakdown_roles_and_shares():
     assert set(totals) == {"embedding", "position embedding", "norm γ", "norm β", "W_QKV", "bias", "W_O", "FFN W1", "FFN W2", "head"}
     assert totals["W_QKV"]["params"] == 12 * 768 * 3 * 768 and totals["head"]["params"] == 0
     assert sum(t["share"] for t in totals.values()) == pytest.approx(1.0)
-    assert set(role_totals(tensor_rows(load_preset("llama-7b")))) == {"embedding", "norm γ", "W_QKV", "W_O", "FFN W1", "FFN W2", "FFN W3", "head"}
+    roles = {"embedding", "norm γ", "W_QKV", "W_O", "FFN W1", "FFN W2", "FFN W3", "head"}
+    assert set(role_totals(tensor_rows(load_preset("llama-7b")))) == roles
     text = format_breakdown(tensor_rows(load_preset("tiny-llama-7b")), every_tensor=True)
     assert "layers.1.ffn.w3.weight" in text
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from jsonl_files import write_jsonl
 
 from tokenmill.config import load_config, shipped_config
 from tokenmill.errors import TokenmillError
 from tokenmill.run import find_stage, run_pipeline
 from tokenmill.shards import read_shards, shard_paths
-
-from jsonl_files import write_jsonl
 
 
 def config_for(run_dir: Path, corpus: Path, *extra: str):

@@ -250,3 +250,28 @@ def test_files_gone_or_replaced_after_listing(tmp_path: Path) -> None:
     assert [e["location"] for e in skips.summary()["skipped"]["unreadable"]["examples"]] == [
         str(folder / name) for name in ("b.txt", "c.txt", "dangling.txt")
     ]
+
+
+def test_double_star_through_a_link_loop_ends(tmp_path: Path) -> None:
+    """`**` does not descend into linked folders: links to `.` and `..` inside the corpus end the
+    listing instead of making it endless (glob.glob(recursive=True) follows them). Hidden names
+    stay out unless the pattern names them, as with glob."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "sub" / "a.txt").write_text("a\n")
+    (corpus / ".hidden.txt").write_text("h\n")
+    (corpus / "sub" / "self").symlink_to(".")
+    (corpus / "sub" / "up").symlink_to("..")
+    script = (
+        "import sys; from tokenmill.sources.base import expand_paths, glob_paths\n"
+        "print(sorted(p.name for p in expand_paths([sys.argv[1] + '/**/*.txt'])))\n"
+        "print([p.rsplit('/', 1)[1] for p in glob_paths(sys.argv[1] + '/.*.txt')])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(corpus)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['a.txt']", "['.hidden.txt']"]
+    docs, _ = read(str(corpus / "**" / "*.txt"))
+    assert [d.text for d in docs] == ["a\n"]

@@ -81,7 +81,7 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 def sync_tree(folder: str | os.PathLike) -> None:
     """fsync every file and folder under `folder` (those written atomically are already clean:
     syncing them again costs a system call), so that publishing the folder publishes its content."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             path = os.path.join(root, name)
             if not os.path.islink(path):

@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from tokenmill import __version__
-from tokenmill.errors import TokenmillError
 from tokenmill.align import cli as align_cli
 from tokenmill.align import cli_rl as align_rl_cli
 from tokenmill.deploy.quant import cli as quant_cli
 from tokenmill.deploy.serve import cli as serve_cli
+from tokenmill.errors import TokenmillError
 from tokenmill.explorer import cli as explorer_cli
 from tokenmill.model import cli as model_cli
 from tokenmill.pretrain import cli as pretrain_cli

@@ -23,9 +23,9 @@ from tokenmill.errors import ConfigError
 from tokenmill.model.section import ModelSection
 from tokenmill.overrides import apply_override, parse_override
 from tokenmill.pretrain.config import PretrainConfig
-from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 from tokenmill.sources.local import LocalCorpusSource
 from tokenmill.sources.registry import SOURCE_KINDS, AnySource
+from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 
 
 class Section(BaseModel):

@@ -183,7 +183,8 @@ STAGES: list[Stage] = [
         _run_encode,
         _no_external_inputs,
     ),
-    Stage("04_model", "model", "fix the architecture: model.json and its parameter breakdown", ("03_tokenizer",), _run_model, _no_external_inputs),
+    Stage("04_model", "model", "fix the architecture: model.json and its parameter breakdown", ("03_tokenizer",), _run_model,
+          _no_external_inputs),
     Stage(
         "05_pretrain",
         "pretrain",

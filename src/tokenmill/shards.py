@@ -78,7 +78,7 @@ class ShardWriter:
         if self._part is not None:
             self._forget()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from align_corpus import documents
 
 from tokenmill.shards import ShardWriter

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import torch
-from pydoc_data.topics import topics
 
 from tokenmill.model import ModelConfig, build_model, save_model
 from tokenmill.shards import ShardWriter

@@ -7,14 +7,13 @@ import json
 import textwrap
 
 import pytest
+from align_corpus import documents, man_page
 
 from tokenmill.align.builtin import BuiltinConfig, Item, build_builtin_sets, corpus_items, man_item, summarize
 from tokenmill.align.data import load_conversations, load_preferences, load_prompts
 from tokenmill.errors import TokenmillError
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
-
-from align_corpus import documents, man_page
 
 FILES = ("sft_train", "sft_eval", "pref_train", "pref_eval", "prompts_train", "prompts_eval")
 CONFIG = BuiltinConfig(eval_items=30)

@@ -9,8 +9,15 @@ import json
 import pytest
 
 from tokenmill.align.data import (
-    Conversation, Preference, conversation_record, encode_pair, load_conversations, load_preferences, load_prompts,
-    preference_record, write_jsonl,
+    Conversation,
+    Preference,
+    conversation_record,
+    encode_pair,
+    load_conversations,
+    load_preferences,
+    load_prompts,
+    preference_record,
+    write_jsonl,
 )
 from tokenmill.errors import TokenmillError
 from tokenmill.sources.document import SkipLog

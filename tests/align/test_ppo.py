@@ -14,7 +14,14 @@ from rl_helpers import load_tokenizer, model_folder, tiny_model, train_tiny_toke
 from tokenmill.align.data import encode_prompts
 from tokenmill.align.gae import gae, kl_penalised_rewards, whiten
 from tokenmill.align.ppo import (
-    KLController, PpoConfig, PpoTrainer, Rollout, action_index, ppo_losses, response_forward, train_ppo,
+    KLController,
+    PpoConfig,
+    PpoTrainer,
+    Rollout,
+    action_index,
+    ppo_losses,
+    response_forward,
+    train_ppo,
 )
 from tokenmill.align.reward import RewardModel, save_reward_model
 from tokenmill.errors import TokenmillError
@@ -27,7 +34,7 @@ def closed_form_gae(rewards: list[float], values: list[float], gamma: float, lam
     n = len(rewards)
     v = values + [0.0]
     delta = [rewards[t] + gamma * v[t + 1] - v[t] for t in range(n)]
-    adv = [sum((gamma * lam) ** l * delta[t + l] for l in range(n - t)) for t in range(n)]
+    adv = [sum((gamma * lam) ** k * delta[t + k] for k in range(n - t)) for t in range(n)]
     return adv, [a + values[t] for t, a in enumerate(adv)]
 
 

@@ -11,7 +11,13 @@ import torch
 from tokenmill.align.data import Preference
 from tokenmill.align.packing import encode_preferences, pair_batches
 from tokenmill.align.reward import (
-    RewardConfig, RewardModel, bradley_terry_loss, load_reward_model, reward_loss, save_reward_model, train_reward_model,
+    RewardConfig,
+    RewardModel,
+    bradley_terry_loss,
+    load_reward_model,
+    reward_loss,
+    save_reward_model,
+    train_reward_model,
 )
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import load_model

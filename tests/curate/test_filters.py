@@ -17,7 +17,15 @@ from tokenmill.curate.filters.gopher import (
     has_repeated_n_gram,
     top_n_gram_chars,
 )
-from tokenmill.curate.filters.text import count_sentences, find_duplicates, lines, paragraphs, tokens
+from tokenmill.curate.filters.text import (
+    count_sentences,
+    ends_with_ellipsis,
+    ends_with_terminal,
+    find_duplicates,
+    lines,
+    paragraphs,
+    tokens,
+)
 from tokenmill.sources.document import Document
 
 ARTICLE = """The city council voted on Tuesday to approve a $4.2 million renovation of the Main Street library, ending more than two years of debate over the future of the century-old building.
@@ -178,6 +186,16 @@ FINEWEB = {
 }
 
 
+# A sentence's terminal mark followed by closing quotes or brackets, with the mark that opened them.
+CLOSINGS = {'."': '"', ".”": "“", "!'": "'", "?)": "(", ".»": "« ", ".’": "‘", "?»": "« ", '…"': '"', '.")': '("'}
+
+
+def one_line_article(closing: str) -> str:
+    """A news article of one paragraph, on one line, whose last sentence is a quotation."""
+    quote = f"{CLOSINGS[closing]}I might do just that{closing}"
+    return f"{PARAS[0]} {PARAS[1]} {PARAS[2]} Asked whether she would seek a second term, Delgado smiled and said: {quote}"
+
+
 def with_line(line: str) -> str:
     return ARTICLE.replace("\n\nNot everyone", f"\n\n{line}\n\nNot everyone")
 
@@ -216,6 +234,26 @@ def test_sentences_lines_paragraphs():
     assert find_duplicates(["x", "yy", "x", "yy", "x"]) == (3, 4)
 
 
+@pytest.mark.parametrize("closing", sorted(CLOSINGS))
+def test_terminal_punctuation_before_closing_quotes_and_brackets_ends_a_line(closing):
+    assert ends_with_terminal(f"She said {CLOSINGS[closing]}so{closing}")
+    assert ends_with_terminal(f"She said {CLOSINGS[closing]}so{closing}  ")
+    assert not ends_with_ellipsis(f"She said {CLOSINGS[closing]}so{closing}")
+
+
+def test_no_terminal_punctuation_is_none_behind_quotes_either():
+    for line in ['They met at the "Main Street"', "the students'", "(see below)", "Library renovation", "", '"']:
+        assert not ends_with_terminal(line), line
+    assert ends_with_terminal("It ended...") and ends_with_terminal("It ended…") and ends_with_terminal("終わった。」")
+    assert ends_with_ellipsis("It ended...") and ends_with_ellipsis("It ended… ")
+
+
+def test_sentences_end_before_closing_quotes():
+    assert count_sentences('She said: "I might do just that." Then she left.') == 2
+    assert count_sentences("She said: “I might do just that.” Then she left (or did she?) at once.") == 3
+    assert count_sentences(one_line_article('."')) == count_sentences(one_line_article("?»")) == 6
+
+
 def test_n_gram_counts():
     toks = "a b c a b c a b c d".split()
     # repeats of (a b), (c a), (b c) after their first occurrence, each stepped over
@@ -238,6 +276,52 @@ def test_news_article_passes_unchanged(cls):
     assert cls().apply(doc, stats) is doc
     assert doc.text == ARTICLE
     assert not stats.removed and not stats.counters
+
+
+@pytest.mark.parametrize("closing", sorted(CLOSINGS))
+@pytest.mark.parametrize("cls", BLOCKS)
+def test_one_line_article_ending_in_a_quotation_passes_unchanged(cls, closing):
+    # The published rules find no terminal punctuation in `."` (FineWeb), or in `.”`, `?)`, `.»`
+    # (C4, which then counts no sentence on the page): both removed such articles.
+    doc = Document("article", one_line_article(closing), "web")
+    stats = BlockStats(cls.name)
+    assert cls().apply(doc, stats) is doc
+    assert not stats.removed and not stats.counters
+
+
+def test_c4_counts_the_sentences_of_lines_ending_in_closing_quotes():
+    quotes = "\n".join(
+        f"{who} said: “{s}.”"
+        for who, s in [
+            ("Delgado", "The roof leaks in three places"), ("The mayor", "We have waited long enough"),
+            ("A librarian", "Story time will move to the post office"), ("One resident", "The east side needs a branch"),
+            ("Delgado", "This building deserves another hundred years"),
+        ]
+    )  # fmt: skip
+    assert removed_as(C4Filter(), quotes) == []  # five lines, five sentences
+    assert removed_as(C4Filter(min_num_sentences=6), quotes) == ["c4.too_few_sentences"]
+
+
+def test_text_without_terminal_punctuation_is_removed_even_behind_quotes_and_brackets():
+    headline = 'Council approves "Main Street" library renovation (update)'
+    out, stats = run(C4Filter(), with_line(headline))
+    assert out is not None and out.text == ARTICLE
+    assert stats.counters == {"c4.lines_removed": 1, "c4.lines_removed.no_terminal_punct": 1}
+    menu = "\n".join(["Home (main)", '"News"', "Sports (local)", "'Weather'", "Contact us »"])
+    assert FineWebFilter(short_line_thr=None).failed_rule(menu) == ("line_punct_ratio", 0.0)
+    assert removed_as(C4Filter(min_num_sentences=None), menu) == ["c4.no_lines_left"]
+    # a line trailing off is still no sentence's end for C4
+    assert run(C4Filter(), with_line("Read the full story..."))[1].counters == {
+        "c4.lines_removed": 1, "c4.lines_removed.no_terminal_punct": 1,
+    }  # fmt: skip
+
+
+def test_fineweb_counts_lines_ending_in_a_question_in_brackets():
+    text = "\n".join(["Opening hours", "Monday to Friday", "Saturday", "Sunday", "Parking", "Access", "Cards",
+                     "Delivery (within ten miles?)"])  # fmt: skip
+    punctuation_only = FineWebFilter(short_line_thr=None, new_line_ratio=None)
+    assert punctuation_only.failed_rule(text) is None  # 1 of 8 lines: 0.125
+    assert punctuation_only.failed_rule(text.replace("?)", ")")) == ("line_punct_ratio", 0.0)
 
 
 @pytest.mark.parametrize("cls", BLOCKS)
@@ -416,7 +500,8 @@ def test_c4_line_switch_keeps_the_line(rule):
 # --- parity with datatrove -----------------------------------------------------------------
 
 # The documents above, on which both implementations must decide alike (keep or drop), but for
-# those where a deliberate difference decides (see the module docstrings and the test below).
+# those where a deliberate difference decides (DIFFERENT, and the module docstrings): on those
+# the two must decide otherwise.
 PARITY = {
     "article": ARTICLE,
     "wrapped": WRAPPED,
@@ -426,13 +511,19 @@ PARITY = {
     **{f"c4.{k}": with_line(line) for k, line in C4_LINES.items()},
     **{f"c4.{k}": t for k, t in C4_PAGES.items()},
     **{f"fineweb.{k}": t for k, t in FINEWEB.items()},
+    **{f"quoted{k}": one_line_article(k) for k in CLOSINGS},
 }
+# The published rules look only at a line's last character.
+QUOTE_AS_TERMINAL = {f"quoted{k}" for k in CLOSINGS if k[-1] not in "\"'"}  # C4 takes a final " or ' for one
 DIFFERENT = {
     # a text under 50 words: datatrove's repetition filter finds its most frequent 2-gram too long
     GopherRepetitionFilter: {"quality.word_count"},
     # lists of ingredients and of opening hours: over 80% of their space-separated words have a
     # letter, under 80% of datatrove's tokens, which count every mark
     GopherQualityFilter: {"fineweb.line_punct_ratio", "fineweb.short_line_ratio"},
+    # a line ending in terminal punctuation then closing quotes or brackets ends a sentence
+    C4Filter: QUOTE_AS_TERMINAL,
+    FineWebFilter: {f"quoted{k}" for k in CLOSINGS},
 }
 
 
@@ -456,11 +547,14 @@ def test_same_decisions_as_datatrove(ours, peer_name, settings):
     import datatrove.pipeline.filters as peer_filters
 
     peer = getattr(peer_filters, peer_name)(**settings)
+    different = DIFFERENT.get(type(ours), set())
+    assert different <= PARITY.keys()
     for name, text in PARITY.items():
-        if name in DIFFERENT.get(type(ours), ()):
-            continue
         out, _ = run(ours, text)
         kept, peer_text = _datatrove(peer, text)
+        if name in different:
+            assert (out is not None) != kept, name
+            continue
         assert (out is not None) == kept, name
         if kept and isinstance(ours, C4Filter):
             # the same lines survive (C4's reference code also drops the blank lines between them)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import pytest
 import torch
-from pydoc_data.topics import topics
+from serve_helpers import EXTRA, tiny_model
 
 from tokenmill.model import save_model
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document
 from tokenmill.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
-
-from serve_helpers import EXTRA, tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")

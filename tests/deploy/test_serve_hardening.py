@@ -18,8 +18,8 @@ from tokenmill.deploy.serve.engine import (
     EngineConfig,
     RequestFailed,
 )
-from tokenmill.model.sampling import SamplingParams
 from tokenmill.deploy.serve.server import Limits
+from tokenmill.model.sampling import SamplingParams
 
 CONFIG = EngineConfig(num_blocks=60, block_size=16, max_num_seqs=16, max_num_batched_tokens=256)
 JSON = {"Content-Type": "application/json"}

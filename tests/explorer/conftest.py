@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-
 from explorer_run import PRESET, planted_corpus, tiny_settings
+
 from tokenmill.config import load_config
 from tokenmill.run import run_pipeline
 

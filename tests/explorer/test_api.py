@@ -6,9 +6,9 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from explorer_run import EMAIL, MARKUP, planted_corpus
 from fastapi.testclient import TestClient
 
-from explorer_run import EMAIL, MARKUP, planted_corpus
 from tokenmill.errors import TokenmillError
 from tokenmill.explorer.app import explorer_app, mount_explorer
 from tokenmill.explorer.stages import latest_model

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from explorer_run import MARKUP, ServerThread
+
 from tokenmill.explorer.cli import build_app
 
 CHROMIUM = "/usr/bin/chromium"

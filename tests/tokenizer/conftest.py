@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sysconfig
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import pytest
-from pydoc_data.topics import topics
 
 from tokenmill.shards import ShardWriter
 from tokenmill.sources.document import Document

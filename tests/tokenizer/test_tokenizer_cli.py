@@ -52,7 +52,8 @@ def test_train_stats_encode(tmp_path, corpus, capsys):
         (["tokenizer", "train", "--input", "{tmp}", "--output", "{tmp}/t"], "holds no document shards"),
         (["tokenizer", "train", "--input", "{corpus}", "--output", "{occupied}"], "was not written by this command"),
         (["encode", "--tokenizer", "{tmp}/none", "--input", "{corpus}", "--output", "{tmp}/o"], "tokenizer folder not found"),
-        (["encode", "--tokenizer", "{tmp}/none", "--input", "{corpus}", "--output", "{tmp}/o", "--val-fraction", "2"], "--val-fraction: .*less than 1"),
+        (["encode", "--tokenizer", "{tmp}/none", "--input", "{corpus}", "--output", "{tmp}/o", "--val-fraction", "2"],
+         "--val-fraction: .*less than 1"),
     ],
 )
 def test_user_errors(tmp_path, corpus, argv, message):

@@ -90,13 +90,16 @@ def _run(args: argparse.Namespace) -> int:
     from tokenmill.align.data import load_conversations, load_preferences
 
     if args.verb == "sft":
-        from tokenmill.align.sft import SftConfig as config_class, train_sft as train
+        from tokenmill.align.sft import SftConfig as config_class
+        from tokenmill.align.sft import train_sft as train
         load = load_conversations
     elif args.verb == "rm":
-        from tokenmill.align.reward import RewardConfig as config_class, train_reward_model as train
+        from tokenmill.align.reward import RewardConfig as config_class
+        from tokenmill.align.reward import train_reward_model as train
         load = load_preferences
     else:
-        from tokenmill.align.dpo import DpoConfig as config_class, train_dpo as train
+        from tokenmill.align.dpo import DpoConfig as config_class
+        from tokenmill.align.dpo import train_dpo as train
         load = load_preferences
     config = make_config(config_class, args.overrides, args.verb)
     records = load(args.train)

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenmill.device import DeviceChoice, Precision
 from tokenmill.pretrain.config import OptimConfig
 
-
 # The kinds of documented item the built-in sets ask about, as a question names them.
 KIND_NAMES = {
     "module": "the Python module",

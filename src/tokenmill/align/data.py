@@ -13,8 +13,8 @@ template of stage 03 (`tokenmill.tokenizer.chat`), which is also what validates 
 from __future__ import annotations
 
 import json
-import sys
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +263,8 @@ def parse_preference(record: Any) -> Preference:
         prompt = _prompt(record["prompt"])
         chosen, rejected = _answer(record["chosen"], "chosen"), _answer(record["rejected"], "rejected")
     elif isinstance(record["chosen"], str):
-        prompt, chosen, rejected = _split_pair(parse_hh(record["chosen"], "chosen"), parse_hh(_text(record["rejected"], "rejected"), "rejected"))
+        chosen_turns = parse_hh(record["chosen"], "chosen")
+        prompt, chosen, rejected = _split_pair(chosen_turns, parse_hh(_text(record["rejected"], "rejected"), "rejected"))
     else:
         prompt, chosen, rejected = _split_pair(_messages(record["chosen"], "chosen"), _messages(record["rejected"], "rejected"))
     if not chosen.strip() or not rejected.strip():

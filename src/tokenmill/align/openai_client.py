@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 import httpx
+
 from tokenmill.align.config import EndpointConfig
 from tokenmill.errors import TokenmillError
 

@@ -33,7 +33,7 @@ class Batch:
         if self.labels is None:
             self.labels = self.input_ids
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         seg = self.segment_ids.to(device) if self.segment_ids is not None else None
         return Batch(
             self.input_ids.to(device), self.loss_mask.to(device), self.attention_mask.to(device), seg, self.labels.to(device)

@@ -96,7 +96,7 @@ class BlockStats:
         if len(self.error_samples) < SAMPLES_PER_REASON:
             self.error_samples.append({"id": doc.id, "error": f"{type(exc).__name__}: {exc}"[:300]})
 
-    def merge(self, other: "BlockStats") -> None:
+    def merge(self, other: BlockStats) -> None:
         for attr in ("docs_in", "bytes_in", "docs_out", "bytes_out", "errors"):
             setattr(self, attr, getattr(self, attr) + getattr(other, attr))
         for attr in ("in_by_domain", "removed", "removed_bytes", "removed_by_domain", "counters"):
@@ -125,7 +125,7 @@ class BlockStats:
         }
 
     @classmethod
-    def from_dict(cls, name: str, d: dict[str, Any], in_by_domain: dict[str, int] | None = None) -> "BlockStats":
+    def from_dict(cls, name: str, d: dict[str, Any], in_by_domain: dict[str, int] | None = None) -> BlockStats:
         s = cls(name)
         s.docs_in, s.bytes_in, s.docs_out, s.bytes_out = d["docs_in"], d["bytes_in"], d["docs_out"], d["bytes_out"]
         for reason, r in d["removed"].items():

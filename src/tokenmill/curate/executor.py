@@ -44,7 +44,9 @@ class ExecutorConfig(BaseModel):
         4_000_000, gt=0,
         description="Text (uncompressed bytes) per task; the input is cut into pieces of this size, which are also the output shards.",
     )
-    ray_address: str | None = Field(None, description="Address of a running Ray cluster ('auto', 'ray://host:10001'); None starts Ray on this machine.")
+    ray_address: str | None = Field(
+        None, description="Address of a running Ray cluster ('auto', 'ray://host:10001'); None starts Ray on this machine."
+    )
     ray_temp_dir: str | None = Field(None, description="Ray's session folder when Ray is started here (default /tmp/ray).")
     ray_object_store_bytes: int | None = Field(None, ge=78_643_200, description="Ray object store size when started here (default: Ray's).")
 
@@ -101,7 +103,7 @@ class LocalExecutor:
             self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -174,7 +176,7 @@ class RayExecutor:
             self._ray.shutdown()
             self._started = False
 
-    def __enter__(self) -> "RayExecutor":
+    def __enter__(self) -> RayExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from functools import cache
 from typing import ClassVar
 
-from pydantic import Field, field_validator
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
+from pydantic import Field, field_validator
 
 from tokenmill.curate.block import BlockStats, DocumentBlock
 from tokenmill.sources.document import PROSE_DOMAINS, Document

@@ -75,7 +75,7 @@ class Mixture(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check(self) -> "Mixture":
+    def _check(self) -> Mixture:
         for table in ("weights", "quality_multipliers"):
             for key, value in getattr(self, table).items():
                 if value < 0:

@@ -173,7 +173,7 @@ class NGramLM:
 
     @classmethod
     def train(cls, sentences: Iterable[list[str]], order: int = 5, min_count: int = 2,
-              max_vocab: int = 100_000, max_tokens: int = 10_000_000) -> "NGramLM":
+              max_vocab: int = 100_000, max_tokens: int = 10_000_000) -> NGramLM:
         """Estimate a model from tokenized sentences: lists of tokens without whitespace, as the
         ARPA format needs. Sentences are taken in order until `max_tokens` words."""
         if order < 2:
@@ -285,7 +285,7 @@ class NGramLM:
             np.savez(f, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "NGramLM":
+    def load(cls, path: str | Path) -> NGramLM:
         try:
             with np.load(path, allow_pickle=False) as z:
                 order = sum(1 for k in z.files if k.startswith("ngrams_"))

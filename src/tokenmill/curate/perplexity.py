@@ -78,7 +78,7 @@ class PerplexityFilter(TrainedBlock):
     write_arpa: bool = Field(False, description="Also write the LM as an ARPA file (lm.arpa), readable by KenLM.")
 
     @model_validator(mode="after")
-    def _check(self) -> "PerplexityFilter":
+    def _check(self) -> PerplexityFilter:
         if self.head_percentile >= self.tail_percentile:
             raise ValueError(f"head_percentile ({self.head_percentile}) must be below tail_percentile ({self.tail_percentile})")
         if self.mode == "drop_above" and self.max_ppl is None:

@@ -147,7 +147,7 @@ class PIIRedactor(DocumentBlock):
         return {**PLACEHOLDERS, **v}
 
     @model_validator(mode="after")
-    def _check_ner_model(self) -> "PIIRedactor":
+    def _check_ner_model(self) -> PIIRedactor:
         # Fail at config time, not on every document: with drop_on_error a missing model
         # would silently drop the whole corpus.
         if "person" in self.types and self.enabled:

@@ -30,9 +30,10 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -67,7 +68,7 @@ ONE_FILE = 1 << 62  # a pass writes each piece into a single shard
 STEP_NAME = re.compile(r"^\d\d-(split|pass|fit-[\w.-]+|mixture)$")  # the only entries the work folder cleans up
 
 
-def curate(input_shards: list[Path], config: "CurateConfig", out_dir: Path, work_dir: Path, seed: int) -> dict[str, Any]:
+def curate(input_shards: list[Path], config: CurateConfig, out_dir: Path, work_dir: Path, seed: int) -> dict[str, Any]:
     """Curate `input_shards` with the blocks of a `CurateConfig`; see `run_blocks`."""
     return run_blocks(input_shards, config.blocks(), config.mixture, config.executor, out_dir, work_dir, seed)
 
@@ -130,7 +131,8 @@ def run_blocks(
             t = time.perf_counter()
             results = _run_tasks(ex, run_pass, items, step.name)
             report["passes"].append(
-                {"blocks": [b.name for b in group], "tasks": len(items), "tasks_resumed": resumed, "seconds": round(time.perf_counter() - t, 3)}
+                {"blocks": [b.name for b in group], "tasks": len(items), "tasks_resumed": resumed,
+                 "seconds": round(time.perf_counter() - t, 3)}
             )
             report["blocks"].extend(merge_block_stats(group, results, fits))
             shards = [(piece, step / n) for (piece, _), r in zip(shards, results) for n in r["outputs"]]

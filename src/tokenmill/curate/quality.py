@@ -83,7 +83,7 @@ class HashedLogistic:
             )
 
     @classmethod
-    def load(cls, path: Path) -> "HashedLogistic":
+    def load(cls, path: Path) -> HashedLogistic:
         try:
             with np.load(path, allow_pickle=False) as z:
                 n_features, ngram_max, max_chars = (int(v) for v in z["settings"])
@@ -142,7 +142,7 @@ class QualityClassifier(TrainedBlock):
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="Least quality score kept in filter mode.")
 
     @model_validator(mode="after")
-    def _check(self) -> "QualityClassifier":
+    def _check(self) -> QualityClassifier:
         overlap = set(self.positive_domains or []) & set(self.negative_domains)
         if overlap:
             raise ValueError(f"domains {sorted(overlap)} are both positive and negative")

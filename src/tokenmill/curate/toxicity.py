@@ -109,7 +109,7 @@ class _LinearCalibratedModel:
         self.vectorizer, self.weights, self.intercepts, self.a, self.b = vectorizer, weights, intercepts, a, b
 
     @classmethod
-    def load(cls) -> "_LinearCalibratedModel":
+    def load(cls) -> _LinearCalibratedModel:
         # Importing profanity_check unpickles its model (the package's own files).
         from profanity_check.profanity_check import model, vectorizer  # noqa: PLC0415
 

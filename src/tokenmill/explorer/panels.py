@@ -13,7 +13,6 @@ from tokenmill.explorer.stages import BLOCKS, block_status, model_folders
 from tokenmill.explorer.training import align_panel, deploy_panel, pretrain_panel
 from tokenmill.figures import human_bytes
 
-
 # --- 01 and 02 -------------------------------------------------------------------------------
 
 

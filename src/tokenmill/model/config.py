@@ -30,14 +30,18 @@ class ModelConfig(BaseModel):
     n_heads: int = Field(gt=0)
     n_kv_heads: int | None = Field(None, gt=0, description="n_heads: MHA; 1: MQA; in between: GQA.")
     head_dim: int | None = Field(None, gt=0, description="Default d_model // n_heads (Gemma-7B differs).")
-    d_ff: int | None = Field(None, gt=0, description="Hidden size of the MLP; default 4·d_model, or 8/3·d_model up to a multiple of 256 when gated.")
+    d_ff: int | None = Field(
+        None, gt=0, description="Hidden size of the MLP; default 4·d_model, or 8/3·d_model up to a multiple of 256 when gated."
+    )
 
     position: Literal["learned", "sinusoidal", "rope", "alibi"] = "rope"
     rope_theta: float = Field(10_000.0, gt=0, description="RoPE base.")
     rope_scaling: Literal["none", "linear", "ntk", "yarn", "llama3"] = "none"
     rope_factor: float = Field(1.0, ge=1.0, description="Context extension factor of rope_scaling.")
     rope_original_context: int | None = Field(None, gt=0, description="Pre-training context (YaRN, Llama 3).")
-    rope_low_freq_factor: float | None = Field(None, gt=0, description="Llama 3: wavelengths above original context / this are interpolated.")
+    rope_low_freq_factor: float | None = Field(
+        None, gt=0, description="Llama 3: wavelengths above original context / this are interpolated."
+    )
     rope_high_freq_factor: float | None = Field(None, gt=0, description="Llama 3: wavelengths below original context / this are kept.")
     rope_local_theta: float | None = Field(None, gt=0, description="RoPE base of the sliding-window layers, unscaled (Gemma 3).")
     rotary_pct: float = Field(1.0, gt=0, le=1, description="Share of each head's dimensions rotated (GPT-NeoX: 0.25).")

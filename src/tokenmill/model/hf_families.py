@@ -49,7 +49,8 @@ def rope_from_hf(family: str, h: dict, context: int) -> dict[str, Any]:
             _require(family, params.get(key) in (None, default), f"YaRN with {key}={params.get(key)} (only the default {default})")
         for key in ("mscale", "mscale_all_dim", "attention_factor"):
             _require(family, params.get(key) is None, f"YaRN with {key} set")
-        original = _first(params, "original_max_position_embeddings", default=_first(h, "original_max_position_embeddings", default=context))
+        original = _first(params, "original_max_position_embeddings",
+                          default=_first(h, "original_max_position_embeddings", default=context))
         factor = params.get("factor") or context / original
         return {**fields, "rope_scaling": "yarn", "rope_factor": float(factor), "rope_original_context": int(original)}
     if kind == "llama3":
@@ -519,7 +520,8 @@ class MPT(Family):
     def to_hf(self, c: ModelConfig) -> dict[str, Any]:
         return {
             **self.header(), "vocab_size": c.vocab_size, "max_seq_len": c.context_length, "d_model": c.d_model,
-            "n_layers": c.n_layers, "n_heads": c.n_heads, "expansion_ratio": c.d_ff // c.d_model if c.d_ff % c.d_model == 0 else c.d_ff / c.d_model,
+            "n_layers": c.n_layers, "n_heads": c.n_heads,
+            "expansion_ratio": c.d_ff // c.d_model if c.d_ff % c.d_model == 0 else c.d_ff / c.d_model,
             "layer_norm_epsilon": c.norm_eps, "no_bias": True, "tie_word_embeddings": c.tie_embeddings,
             # No attn_pdrop: transformers 5 types it as int and rejects 0.0.
             "attn_config": {"alibi": True, "alibi_bias_max": 8},

@@ -31,6 +31,7 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    logit_bias: dict[int, float] = field(default_factory=dict)  # OpenAI's: added to a token's logit
 
     def __post_init__(self) -> None:
         checks = [
@@ -44,6 +45,7 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
             (all(self.stop), "stop strings must not be empty"),
             (self.logprobs is None or self.logprobs >= 0, f"logprobs must be >= 0, got {self.logprobs}"),
+            (all(-100 <= b <= 100 for b in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -55,7 +57,8 @@ class SamplingParams:
 
     @property
     def penalised(self) -> bool:
-        return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+        return (self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+                or bool(self.logit_bias))
 
 
 @dataclass
@@ -77,6 +80,9 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, prompt: Sequen
     if output and (params.presence_penalty or params.frequency_penalty):
         ids, counts = torch.tensor(output, device=logits.device).unique(return_counts=True)
         logits[ids] -= params.presence_penalty + params.frequency_penalty * counts.to(logits.dtype)
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), dtype=torch.long, device=logits.device)
+        logits[ids] += torch.tensor(list(params.logit_bias.values()), dtype=logits.dtype, device=logits.device)
     return logits
 
 

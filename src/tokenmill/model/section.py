@@ -19,7 +19,9 @@ _OVERRIDES = {name: (field.annotation | None, None) for name, field in ModelConf
 _SectionBase = create_model(
     "_SectionBase",
     __config__=ConfigDict(extra="forbid"),
-    preset=(str, Field("nano", description="A preset name (tokenmill plan --preset NAME), tiny-NAME for a shrunken copy, or a model.json path.")),
+    preset=(str, Field(
+        "nano", description="A preset name (tokenmill plan --preset NAME), tiny-NAME for a shrunken copy, or a model.json path."
+    )),
     **_OVERRIDES,
 )
 

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("config", metavar="CONFIG", nargs="?",
-                   help="YAML file or shipped config name (e.g. quickstart) with a `pretrain` section and, unless --model is given, a `model` section")
+                   help="YAML file or shipped config name (e.g. quickstart) with a `pretrain` section and, "
+                   "unless --model is given, a `model` section")
     p.add_argument("--model", metavar="MODEL_JSON", help="model.json (or a folder holding one) of `tokenmill model`")
     p.add_argument("--tokens", required=True, metavar="DIR", help="token shards written by `tokenmill encode`")
     p.add_argument("--tokenizer", metavar="DIR", help="the tokenizer folder: decodes samples, copied into the model folder")

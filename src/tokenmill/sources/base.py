@@ -10,6 +10,7 @@ what `read` yields, up to the source's `limit`.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 from abc import abstractmethod
@@ -75,7 +76,7 @@ def expand_paths(patterns: list[str], suffixes: tuple[str, ...] | None = None) -
     """
     found: list[Path] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = glob_paths(os.path.expanduser(pattern))
         if not matches:
             raise TokenmillError(f"input not found: {pattern}")
         for m in matches:
@@ -93,6 +94,33 @@ def expand_paths(patterns: list[str], suffixes: tuple[str, ...] | None = None) -
             seen.add(p)
             unique.append(p)
     return unique
+
+
+def fixed_prefix(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading parts without wildcards."""
+    parts = Path(pattern).parts
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    return os.path.join(*fixed) if fixed else "."
+
+
+def glob_paths(pattern: str) -> list[str]:
+    """The paths `pattern` matches, sorted; `**` spans folders.
+
+    Unlike glob.glob(recursive=True), `**` does not descend into linked folders: a link to `.` or
+    `..` would make the listing endless. As glob does, hidden names (a leading dot) are left out
+    unless the pattern names one.
+    """
+    if not glob.has_magic(pattern):
+        return [pattern] if os.path.lexists(pattern) else []
+    root = fixed_prefix(pattern)
+    rest = Path(os.path.relpath(pattern, root))
+    dotted = any(part.startswith(".") and part not in (".", "..") for part in rest.parts)
+    matches = []
+    for path in Path(root).glob(rest.as_posix()):
+        below = path.relative_to(root).parts
+        if dotted or not any(name.startswith(".") for name in below):
+            matches.append(os.path.join(root, *below) if root != "." else os.path.join(*below))
+    return sorted(matches)
 
 
 def stat_fingerprint(paths: list[Path], *extra: str) -> str:

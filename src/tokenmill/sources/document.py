@@ -28,7 +28,7 @@ class Document:
         return {"id": self.id, "text": self.text, "source": self.source, "meta": self.meta}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Document":
+    def from_dict(cls, d: dict[str, Any]) -> Document:
         return cls(id=d["id"], text=d["text"], source=d["source"], meta=d.get("meta") or {})
 
 
@@ -58,7 +58,7 @@ class SkipLog:
         if len(examples) < self.keep:
             examples.append({"location": location, "detail": detail[:300]})
 
-    def merge(self, other: "SkipLog") -> None:
+    def merge(self, other: SkipLog) -> None:
         self.skipped.update(other.skipped)
         self.repaired.update(other.repaired)
         for key, examples in other._examples.items():

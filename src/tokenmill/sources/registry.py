@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
@@ -17,7 +17,7 @@ from tokenmill.sources.textdir import TextFolderSource
 from tokenmill.sources.warc import WarcSource
 
 AnySource = Annotated[
-    Union[LocalCorpusSource, JsonlSource, ParquetSource, WarcSource, TextFolderSource, HFDatasetSource],
+    LocalCorpusSource | JsonlSource | ParquetSource | WarcSource | TextFolderSource | HFDatasetSource,
     Field(discriminator="kind"),
 ]
 

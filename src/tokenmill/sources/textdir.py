@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ from tokenmill.errors import TokenmillError
 from tokenmill.sources.base import (
     SourceConfig,
     decode_text,
+    fixed_prefix,
+    glob_paths,
     replace_surrogates,
     stat_fingerprint,
     within,
@@ -111,10 +112,10 @@ class TextFolderSource(SourceConfig):
         found: list[tuple[Path, Path, str | None]] = []  # (root, file, boundary)
         for pattern in self.paths:
             pattern = os.path.expanduser(pattern)
-            matches = sorted(glob.glob(pattern, recursive=True))
+            matches = glob_paths(pattern)
             if not matches:
                 raise TokenmillError(f"input not found: {pattern}")
-            pattern_root = os.path.realpath(_fixed_prefix(pattern)) if glob.has_magic(pattern) else None
+            pattern_root = os.path.realpath(fixed_prefix(pattern)) if glob.has_magic(pattern) else None
             for match in map(Path, matches):
                 if match.is_dir():
                     boundary = os.path.realpath(match)
@@ -249,10 +250,3 @@ def _walk(folder: Path, boundary: str, skips: SkipLog | None) -> Iterator[Path]:
         for name in sorted(filenames):
             if not name.startswith("."):
                 yield Path(dirpath, name)
-
-
-def _fixed_prefix(pattern: str) -> str:
-    """The folder a glob pattern starts from: its leading parts without wildcards."""
-    parts = Path(pattern).parts
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
-    return os.path.join(*fixed) if fixed else "."

@@ -21,7 +21,14 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenmill.atomic import atomic_open, write_json
 from tokenmill.tokenizer.chat import JINJA_TEMPLATE
 from tokenmill.tokenizer.special import (
-    BOS, EOS, MASK, PAD, SPECIAL_IDS, SPECIAL_TOKENS, SPM_UNK, SPM_UNK_ID,
+    BOS,
+    EOS,
+    MASK,
+    PAD,
+    SPECIAL_IDS,
+    SPECIAL_TOKENS,
+    SPM_UNK,
+    SPM_UNK_ID,
 )
 
 HF_FILE = "tokenizer.json"

@@ -91,7 +91,7 @@ class ChatTokens:
     loss_mask: list[int]
 
 
-def encode_chat(tokenizer: "Tokenizer", messages: Sequence[Message], add_generation_prompt: bool = False) -> ChatTokens:
+def encode_chat(tokenizer: Tokenizer, messages: Sequence[Message], add_generation_prompt: bool = False) -> ChatTokens:
     ids: list[int] = []
     mask: list[int] = []
     for text, special, trained in _segments(messages, add_generation_prompt):

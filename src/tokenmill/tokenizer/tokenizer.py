@@ -65,7 +65,7 @@ class Tokenizer:
         self._fast: tiktoken.Encoding | None = None
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Tokenizer":
+    def load(cls, folder: str | os.PathLike) -> Tokenizer:
         """The tokenizer of `folder`: tokenmill's own when tokenmill_tokenizer.json is there, else
         the Hugging Face tokenizer whose tokenizer.json it holds (a model imported from the Hub)."""
         folder = Path(folder)

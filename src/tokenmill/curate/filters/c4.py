@@ -8,7 +8,7 @@ and the rest of the page stays. A page is removed whole when it says "lorem ipsu
 curly bracket (C4's way of dropping code), has fewer than 5 sentences left, or holds a word
 from a bad-words list (when one is given; C4 used the LDNOOBW list).
 
-Two differences from the reference code, on purpose (both can be switched back):
+Three differences from the reference code, on purpose (the first two can be switched back):
 
 - C4's input was text extracted from HTML, one paragraph per line. Plain text is often
   wrapped at 72-80 columns, and there every line of a paragraph but the last lacks terminal
@@ -21,6 +21,14 @@ Two differences from the reference code, on purpose (both can be switched back):
 - The page keeps its blank lines and its line breaks (C4 joined the lines it kept with single
   newlines, which erases paragraphs; its input had none to lose), and a page from which
   nothing was removed is returned unchanged.
+- A line ends in terminal punctuation when its last mark past closing quotes and brackets is
+  a sentence terminal (`text.ends_with_terminal`, shared with FineWeb's rule), or, as in the
+  reference code, when it ends in a straight quote (`"` or `'`, which keeps `the "Main Street"`
+  too). The reference code stops there: it removes `.”`, `!’`, `?)` and `.»`, so that an
+  article quoting in typographic quotes lost its quoted lines, and with them the sentences it
+  needs to stay. A line
+  trailing off in an ellipsis ("..." or "…", outside quotes) does not end a sentence, as in
+  the reference code.
 """
 
 from __future__ import annotations
@@ -34,12 +42,14 @@ from pydantic import Field
 
 from tokenmill.curate.block import BlockStats, DocumentBlock
 from tokenmill.curate.filters.gopher import WEB_ONLY
-from tokenmill.curate.filters.text import count_sentences
+from tokenmill.curate.filters.text import count_sentences, ends_with_ellipsis, ends_with_terminal
 from tokenmill.sources.document import Document
+
+# The reference code's own endings beyond sentence terminals: any line ending in a straight quote.
+STRAIGHT_QUOTES = ('"', "'")
 
 # Wikipedia-style citation marks, removed before the punctuation test: "... in 1995.[3]".
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
-END_PUNCTUATION = (".", "?", "!", '"', "'")
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 EXTRA_BLANK_LINES = re.compile(r"\n[^\S\n]*(?:\n[^\S\n]*)+\n")
 PAGE_RULES = ("lorem_ipsum", "curly_bracket")
@@ -54,7 +64,9 @@ class C4Filter(DocumentBlock):
 
     domains: list[str] | None = Field(default_factory=lambda: list(WEB_ONLY))
     # line rules
-    filter_no_terminal_punct: bool = Field(True, description='Remove lines not ending in . ? ! " or \' (or in "...").')
+    filter_no_terminal_punct: bool = Field(
+        True, description='Remove lines not ending in a sentence terminal (. ? !, also before closing quotes), or in "...".'
+    )
     min_words_per_line: int | None = Field(3, description="Remove lines with fewer words.")
     max_word_length: int | None = Field(1000, description="Remove lines with a longer word (characters).")
     filter_javascript: bool = Field(True, description='Remove lines mentioning "javascript".')
@@ -118,7 +130,7 @@ class C4Filter(DocumentBlock):
                 and units
                 and line.lstrip()[:1].islower()
                 and units[-1][-1].strip()
-                and not units[-1][-1].rstrip().endswith(END_PUNCTUATION)
+                and not ends_with_terminal(units[-1][-1])
             ):
                 units[-1].append(line)
             else:
@@ -133,7 +145,8 @@ class C4Filter(DocumentBlock):
             return "too_long_word", line
         if self.remove_citations:
             line = CITATION.sub("", line)
-        if self.filter_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith("...")):
+        ends = ends_with_terminal(line) or line.endswith(STRAIGHT_QUOTES)
+        if self.filter_no_terminal_punct and (not ends or ends_with_ellipsis(line)):
             return "no_terminal_punct", line
         if self.min_words_per_line is not None and len(words) < self.min_words_per_line:
             return "too_few_words", line

@@ -10,7 +10,10 @@ line-level punctuation rule off, the first rule here taking its place; in tokenm
 `c4: {filter_no_terminal_punct: false}`.
 
 Terminal punctuation is the Unicode Sentence_Terminal class (. ! ? 。 ।, ...), the set
-datatrove's implementation lists by hand; unlike datatrove, trailing spaces do not hide it.
+datatrove's implementation lists by hand. Unlike datatrove, trailing spaces do not hide it, and
+neither do closing quotes and brackets: a line ending `."` or `?)` ends in terminal
+punctuation (see `text.ends_with_terminal`). datatrove removes a one-paragraph article whose
+only line ends in a quotation: none of its lines, by its count, ends in punctuation.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class FineWebFilter(RuleFilter):
         doc_lines = lines(text)
         n_lines = max(len(doc_lines), 1)
         if self.line_punct_thr is not None:
-            ratio = sum(ends_with_terminal(line.rstrip()) for line in doc_lines) / n_lines
+            ratio = sum(ends_with_terminal(line) for line in doc_lines) / n_lines
             if ratio < self.line_punct_thr:
                 return "line_punct_ratio", ratio
         if self.short_line_thr is not None:

@@ -27,14 +27,21 @@ from typing import ClassVar
 from pydantic import Field
 
 from tokenmill.curate.filters.rules import RuleFilter
-from tokenmill.curate.filters.text import find_duplicates, is_word, lines, paragraphs, tokens
+from tokenmill.curate.filters.text import (
+    ELLIPSES,
+    ends_with_ellipsis,
+    find_duplicates,
+    is_word,
+    lines,
+    paragraphs,
+    tokens,
+)
 
 # These rules were tuned on Common Crawl; on code, manual pages or licence texts they would
 # remove good text (code is mostly symbols and repeated lines by nature).
 WEB_ONLY = ["web"]
 STOP_WORDS = ["the", "be", "to", "of", "and", "that", "have", "with"]
 BULLETS = ("•", "‣", "◦", "●", "▪", "-", "*")
-ELLIPSES = ("...", "…")
 
 
 class GopherRepetitionFilter(RuleFilter):
@@ -165,7 +172,7 @@ class GopherQualityFilter(RuleFilter):
             if ratio > self.max_bullet_lines_ratio:
                 return "bullet_lines", f"{ratio:.3f}"
         if self.max_ellipsis_lines_ratio is not None:
-            ratio = sum(line.rstrip().endswith(ELLIPSES) for line in doc_lines) / n_lines
+            ratio = sum(ends_with_ellipsis(line) for line in doc_lines) / n_lines
             if ratio > self.max_ellipsis_lines_ratio:
                 return "ellipsis_lines", f"{ratio:.3f}"
 

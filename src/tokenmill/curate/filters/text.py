@@ -1,4 +1,5 @@
-"""The units the heuristic filters count: tokens and words, lines, paragraphs, sentences.
+"""The units the heuristic filters count: tokens and words, lines, paragraphs, sentences, and
+what ends a sentence.
 
 Tokens follow the conventions of spaCy's English tokenizer, which datatrove uses for these
 filters and on which their published thresholds were applied: text splits at whitespace, and
@@ -8,6 +9,14 @@ without its final period). Initialisms (e.g., U.S.) and titles (Mr.) keep their 
 of one mark ("--", "...", "====") is one token. Unlike spaCy, a contraction ("don't") or a
 hyphenated word stays whole. A regular expression is many times faster than spaCy's
 tokenizer, and on prose the two lead to the same decisions (see the parity tests).
+
+A line ends a sentence when its last mark, past trailing spaces and any closing quotes and
+brackets, is a sentence terminal: `done."`, `done.”`, `done!'`, `(done?)`, `« fini. »`,
+`done.")` all do. Every rule that looks at line ends (C4's punctuation rule and its
+unwrapping, FineWeb's line-punctuation ratio) asks `ends_with_terminal`. The published code
+looks only at the last character: FineWeb's then finds no terminal punctuation in `."`, and
+C4's takes a bare `"` or `'` for one (so `."` passes but `.”`, `?)` and `.»` do not, while
+`the "Main Street"` does). A news article of one paragraph ending in a quotation was removed.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ TOKEN = re.compile(
 INFIX = re.compile(r"(?<=[^\W_])(-+|[:<>=/])(?=[^\W\d_])|(?<=\d)([-+*^])(?=\d)")
 # The Unicode property Sentence_Terminal: . ! ? and their kin in other scripts (。 ። ।, ...).
 TERMINAL = regex.compile(r"\p{Sentence_Terminal}")
+ELLIPSES = ("...", "…")
+# What may follow a sentence's terminal mark and still close it: the closing quotes of every
+# convention (English ” ’, French and German » « “ ‘, CJK 」 』), straight quotes, and closing
+# brackets. Not "}" (code, which C4 removes on its own account).
+CLOSERS = "\"'”’»«“‘›‹」』）)]］〉》】〕"
 PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 
 
@@ -53,7 +67,15 @@ def is_terminal(token: str) -> bool:
 
 
 def ends_with_terminal(line: str) -> bool:
-    return bool(line) and TERMINAL.match(line[-1]) is not None
+    """Whether the line ends a sentence: its last mark, past trailing spaces and closing quotes
+    and brackets, is a sentence terminal. "…" ends one as "..." does (its last mark is ".")."""
+    core = line.rstrip().rstrip(CLOSERS)
+    return bool(core) and (TERMINAL.match(core[-1]) is not None or core[-1] == "…")
+
+
+def ends_with_ellipsis(line: str) -> bool:
+    """Whether the line trails off: "...", "…" as its last marks, not inside quotes."""
+    return line.rstrip().endswith(ELLIPSES)
 
 
 def lines(text: str) -> list[str]:

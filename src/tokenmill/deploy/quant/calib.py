@@ -25,7 +25,9 @@ from tokenmill.tokenizer.tokenizer import Tokenizer
 from tokenmill.tokenizer.tokens import token_shard_paths
 
 
-def calibration_ids(source: str | Path, n_samples: int, seq_len: int, seed: int = 0, tokenizer_dir: str | Path | None = None) -> torch.Tensor:
+def calibration_ids(
+    source: str | Path, n_samples: int, seq_len: int, seed: int = 0, tokenizer_dir: str | Path | None = None
+) -> torch.Tensor:
     """(n, seq_len) token ids, n = n_samples or fewer when the source is short.
 
     `source` is a folder of token shards (train-*.bin), or document shards (*.jsonl.zst, a file,

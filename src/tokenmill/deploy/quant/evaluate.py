@@ -82,7 +82,7 @@ def _sync(device: torch.device) -> None:
 def layer_bytes(model: nn.Module) -> tuple[int, int]:
     """Bytes of the quantizable layers' weights as stored (codes, scales, zeros) and in FP32."""
     stored = fp32 = 0
-    for name, module in model.layers.named_modules():
+    for module in model.layers.modules():
         if isinstance(module, QuantLinear):
             stored += sum(t.numel() * t.element_size() for n, t in module.named_buffers())
             fp32 += 4 * module.in_features * module.out_features

@@ -33,11 +33,11 @@ import torch
 from tokenmill.deploy.serve.block_manager import BlockManager
 from tokenmill.deploy.serve.metrics import Metrics
 from tokenmill.deploy.serve.runner import ModelRunner, kv_bytes_per_token
-from tokenmill.model.sampling import SamplingParams, TokenLogprob, sample
-from tokenmill.model.scoring import Scores, score
 from tokenmill.deploy.serve.scheduler import Scheduler
 from tokenmill.deploy.serve.sequence import Request, Status
 from tokenmill.deploy.serve.sequence import Sequence as Seq
+from tokenmill.model.sampling import SamplingParams, TokenLogprob, sample
+from tokenmill.model.scoring import Scores, score
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
@@ -122,7 +122,7 @@ class Engine:
         vocab = self.model.config.vocab_size
         if not prompt_ids:
             raise ValueError("the prompt is empty")
-        bad = next((t for t in list(prompt_ids) + list(params.stop_token_ids) if not 0 <= t < vocab), None)
+        bad = next((t for t in [*prompt_ids, *params.stop_token_ids, *params.logit_bias] if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
         total = len(prompt_ids) + params.max_tokens

@@ -8,7 +8,7 @@ models, so the OpenAPI schema says them too. A request is refused with an `APIEr
 as OpenAI answers: {"error": {"message", "type", "param", "code"}}.
 
 Fields the OpenAI API defines but this server does not implement (suffix, best_of,
-logit_bias, tools, ...) are refused by name rather than silently ignored. `top_k`,
+tools, ...) are refused by name rather than silently ignored. `top_k`,
 `repetition_penalty`, `stop_token_ids` and `ignore_eos` are extensions, as in vLLM.
 """
 
@@ -30,6 +30,7 @@ MAX_N = 128  # the most any --max-n may allow: n sequences of one request share 
 MAX_STOP = 4  # as the OpenAI API documents
 MAX_STOP_CHARS = 256  # each is looked for in the text's tail after every token
 MAX_STOP_TOKEN_IDS = 256
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on the tokens one request may bias
 # Below this a temperature divides logits into infinities; vLLM samples greedily there too.
 GREEDY_BELOW = 1e-5
 
@@ -124,6 +125,8 @@ class _Common(BaseModel):
     repetition_penalty: float = Field(1.0, ge=0.01, le=100)
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
     stop_token_ids: list[TokenId] = Field([], max_length=MAX_STOP_TOKEN_IDS)
+    # Token id (a JSON object's keys are strings) -> a bias added to its logit, -100 bans it.
+    logit_bias: dict[TokenId, Annotated[float, Field(ge=-100, le=100)]] = Field({}, max_length=MAX_LOGIT_BIAS)
     ignore_eos: bool = False
     seed: int | None = Field(None, **INT64)
     stream: bool = False
@@ -139,7 +142,7 @@ class _Common(BaseModel):
             top_k=self.top_k, top_p=max(self.top_p, GREEDY_BELOW),
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, stop=stop, stop_token_ids=list(self.stop_token_ids),
-            ignore_eos=self.ignore_eos, seed=self.seed, logprobs=logprobs,
+            ignore_eos=self.ignore_eos, seed=self.seed, logprobs=logprobs, logit_bias=dict(self.logit_bias),
         )
 
     @property

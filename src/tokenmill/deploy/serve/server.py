@@ -56,8 +56,8 @@ from tokenmill.deploy.serve.protocol import (
     parse,
     request_body_schema,
 )
-from tokenmill.model.sampling import SamplingParams, TokenLogprob
 from tokenmill.errors import TokenmillError
+from tokenmill.model.sampling import SamplingParams, TokenLogprob
 
 logger = logging.getLogger(__name__)
 

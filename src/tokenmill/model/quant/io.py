@@ -69,5 +69,9 @@ def load_quantized(folder: str | Path, device: torch.device | str | None = None,
         for name in info["modules"]:
             linear = model.get_submodule(name)
             replace_linear(model, name, QuantLinear(linear.in_features, linear.out_features, scheme, linear.bias is not None))
-    return load_state(model, state, path).eval()
+    model = load_state(model, state, path).eval()
+    for module in model.modules():  # repack once now rather than at the first token
+        if isinstance(module, QuantLinear) and module.qweight.device.type == "cpu" and module.kernel() is not None:
+            module.prepare_kernel()
+    return model
 

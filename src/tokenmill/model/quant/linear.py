@@ -8,11 +8,18 @@ Buffers (what the safetensors file holds, under the layer's name):
     qzeros   like qweight's unpacked codes, (out, n_groups); asymmetric only (symmetric: 2^(bits-1))
     bias     the layer's bias, unquantized, when it has one
 
-and the weight is (code - zero) · scale. On the CPU a single input row (decoding one
-sequence) goes through PyTorch's weight-only kernels where the shapes allow: `_weight_int8pack_mm`
-(INT8 per channel) and `_weight_int4pack_mm_for_cpu` (INT4, tinygemm's layout, built once on
-first use). Everything else, and everything on CUDA, dequantizes the weight on the fly and
-multiplies with `F.linear`, so that memory holds only the codes between calls.
+and the weight is (code - zero) · scale. On the CPU the layer computes with PyTorch's quantized
+kernels instead of dequantizing, for any number of input rows:
+
+- INT8 per channel runs as W8A8: each input row is quantized to int8 with its own scale (dynamic,
+  per token) and multiplied by the int8 weight in `torch._int_mm` (int8 × int8 → int32, VNNI).
+- INT4 in groups of 32..256 runs weight-only through `_weight_int4pack_mm_for_cpu` in bfloat16
+  (tinygemm's layout, repacked from the stored codes when the folder is loaded; in float32 the
+  same kernel is slower than FP32).
+
+Everything else, and everything on CUDA, dequantizes the weight on the fly and multiplies with
+`F.linear`, so that memory holds only the codes between calls. That path is the reference the
+kernels are tested against (`use_kernels = False`).
 """
 
 from __future__ import annotations
@@ -25,9 +32,8 @@ from tokenmill.model.quant.grid import SCALE_DTYPE, Scheme, dequantize_matrix
 from tokenmill.model.quant.pack import pack_int4, unpack_int4
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# PyTorch's CPU weight-only kernels are matrix-vector products: faster than dequantizing for one
-# input row (decoding one sequence), several times slower for a batch (benchmarks/quantize.py).
-KERNEL_MAX_ROWS = 1
+INT4_KERNEL_DTYPE = torch.bfloat16
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)
 
 
 class QuantLinear(nn.Module):
@@ -50,7 +56,7 @@ class QuantLinear(nn.Module):
             zero_dtype = torch.int8 if scheme.bits == 8 else torch.uint8
             self.register_buffer("qzeros", torch.zeros(out_features, n_groups, dtype=zero_dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
-        self._kernel: tuple | None = None  # (key, derived tensors) of the CPU INT4 kernel
+        self._kernel: tuple | None = None  # (key, derived tensors) of the CPU kernel, see prepare_kernel
 
     @classmethod
     def from_codes(
@@ -91,46 +97,59 @@ class QuantLinear(nn.Module):
             return dequantize_matrix(self.qweight, self.scales, zeros, self.scheme).to(dtype)
         return dequantize_matrix(self.codes(), self.scales, self.zeros(), self.scheme).to(dtype)
 
+    def kernel(self) -> str | None:
+        """The CPU kernel this layer's format runs through ("int8_w8a8", "int4"), or None (dequantize)."""
+        if self.scheme.bits == 8:
+            return "int8_w8a8" if self.scales.shape[1] == 1 else None
+        # tinygemm's CPU layout: output rows in tiles of 16, groups of 32..256 that divide the row.
+        fits = self.out_features % 16 == 0 and self.in_features % self.group == 0 and self.group in INT4_KERNEL_GROUPS
+        return "int4" if fits else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        if self.use_kernels and rows <= KERNEL_MAX_ROWS and x.device.type == "cpu" and x.dtype in KERNEL_DTYPES:
-            if self.scheme.bits == 8 and self.scales.shape[1] == 1:
-                return self._int8_kernel(x)
-            if self.scheme.bits == 4 and self._int4_kernel_fits():
-                return self._int4_kernel(x)
+        if self.use_kernels and x.device.type == "cpu" and x.dtype in KERNEL_DTYPES and self.kernel() is not None:
+            x2 = x.reshape(-1, self.in_features)
+            y = self._w8a8(x2) if self.scheme.bits == 8 else self._int4(x2)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dequantize(x.dtype), self.bias)
 
-    def _int8_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        scale = self.scales[:, 0].to(x.dtype)
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, scale)
-        if not self.scheme.symmetric:
-            # (q - z)·s summed against x is q·s against x, minus z·s times the sum of x.
-            y = y - x2.sum(-1, keepdim=True) * (self.qzeros.to(x.dtype)[:, 0] * scale)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.view(*x.shape[:-1], self.out_features)
-
-    def _int4_kernel_fits(self) -> bool:
-        # tinygemm's CPU layout: output rows in tiles of 16, groups of 32..256 that divide the row.
-        return self.out_features % 16 == 0 and self.in_features % self.group == 0 and self.group in (32, 64, 128, 256)
-
-    def _int4_kernel(self, x: torch.Tensor) -> torch.Tensor:
-        key = (self.qweight.data_ptr(), self.scales.data_ptr(), x.dtype)
-        if self._kernel is None or self._kernel[0] != key:
-            codes = self.codes().to(torch.int32)
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+    def prepare_kernel(self) -> tuple:
+        """The tensors the CPU kernel needs, derived once from the stored codes (and again only when
+        the buffers are replaced, e.g. by loading another state)."""
+        key = (self.qweight.data_ptr(), self.scales.data_ptr(), self.qweight.device)
+        if self._kernel is not None and self._kernel[0] == key:
+            return self._kernel[1]
+        scale = self.scales.float()
+        if self.scheme.bits == 8:
+            # w = (q - z)·s with q the stored int8 (code - 128) and z the zero - 128 (0 when symmetric).
+            zero = None if self.scheme.symmetric else self.qzeros[:, 0].to(torch.int32)
+            derived = (scale[:, 0], zero)
+        else:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(self.codes().to(torch.int32), 2)
             # tinygemm computes (code - 8)·scale + offset: our (code - zero)·scale has offset (8 - zero)·scale.
-            scale = self.scales.float()
             offset = (8 - self.zeros().float()) * scale
-            scale_and_zero = torch.stack([scale.t(), offset.t()], dim=-1).to(x.dtype).contiguous()
-            self._kernel = (key, packed, scale_and_zero)
-        _, packed, scale_and_zero = self._kernel
-        x2 = x.reshape(-1, self.in_features)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group, scale_and_zero)
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
-        return y.view(*x.shape[:-1], self.out_features)
+            scale_and_zero = torch.stack([scale.t(), offset.t()], dim=-1).to(INT4_KERNEL_DTYPE).contiguous()
+            derived = (packed, scale_and_zero)
+        self._kernel = (key, derived)
+        return derived
+
+    def _w8a8(self, x: torch.Tensor) -> torch.Tensor:
+        """x (rows, in) times the weight, with x quantized per row to int8 (symmetric, dynamic).
+        `torch._int_mm` on the CPU takes any number of rows (CUDA's needs more than 16)."""
+        w_scale, w_zero = self.prepare_kernel()
+        x = x.float()
+        x_scale = x.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127
+        xq = torch.round(x / x_scale).clamp(-127, 127).to(torch.int8)
+        acc = torch._int_mm(xq, self.qweight.t())
+        if w_zero is not None:
+            # Σ xq·(q - z) = Σ xq·q - z·Σ xq, all in int32.
+            acc = acc - xq.sum(-1, keepdim=True, dtype=torch.int32) * w_zero
+        return acc.float() * x_scale * w_scale
+
+    def _int4(self, x: torch.Tensor) -> torch.Tensor:
+        packed, scale_and_zero = self.prepare_kernel()
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(INT4_KERNEL_DTYPE), packed, self.group, scale_and_zero)
 
     def extra_repr(self) -> str:
         s = self.scheme
