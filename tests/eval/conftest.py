@@ -7,10 +7,10 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from pydoc_data.topics import topics
 
 import pytest
 import torch
-from pydoc_data.topics import topics
 
 from tokenmill.model import ModelConfig, build_model, save_model
 from tokenmill.shards import ShardWriter
