@@ -31,6 +31,12 @@ SAMPLES = [
 
 
 @pytest.fixture(scope="session")
+def samples() -> list[dict[str, str]]:
+    """SAMPLES, as a fixture: `from conftest import` would find tests/deploy's conftest when both run."""
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     corpus = tmp_path_factory.mktemp("eval_corpus")
     with ShardWriter(corpus) as writer:

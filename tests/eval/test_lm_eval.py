@@ -11,7 +11,6 @@ import torch
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra
-from conftest import SAMPLES  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from serve_helpers import NAME, LiveServer  # noqa: E402
 
@@ -47,13 +46,13 @@ def greedy_flags(samples: list[dict]) -> list[bool]:
 
 
 @torch.no_grad()
-def direct(lm: TokenmillLM) -> list[tuple[float, bool]]:
+def direct(lm: TokenmillLM, samples: list[dict[str, str]]) -> list[tuple[float, bool]]:
     """(log p(continuation | context), whether each continuation token is the argmax) with one plain
     forward pass each, without special tokens (the prefix token, BOS, before an empty context), the
     context's trailing spaces moved to the continuation, the pair cut to the model's context plus one token."""
     model, tok = lm.model, lm.tokenizer
     results = []
-    for s in SAMPLES:
+    for s in samples:
         context, continuation = s["context"], s["continuation"]
         spaces = len(context) - len(context.rstrip())
         context, continuation = context[: len(context) - spaces], context[len(context) - spaces:] + continuation
@@ -90,9 +89,9 @@ def served(model_dir, task_dir) -> dict[str, list[dict]]:
         live.stop()
 
 
-def test_tokenmill_model_type_matches_a_direct_forward_pass(tokenmill_lm, local):
+def test_tokenmill_model_type_matches_a_direct_forward_pass(tokenmill_lm, local, samples):
     assert lm_eval.api.registry.get_model("tokenmill") is TokenmillLM  # what `--model tokenmill` finds
-    expected = direct(tokenmill_lm)
+    expected = direct(tokenmill_lm, samples)
     assert loglikelihoods(local["tiny_ll"]) == pytest.approx([e[0] for e in expected], abs=1e-3)
     assert greedy_flags(local["tiny_ll"]) == [e[1] for e in expected]
     # A document with an empty context scores like its own rolling log-likelihood.
