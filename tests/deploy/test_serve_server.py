@@ -120,8 +120,12 @@ def test_errors_are_openai_errors_and_the_server_recovers(live):
         client.completions.create(model=NAME, prompt="x", max_tokens=101)
     with pytest.raises(openai.BadRequestError, match="at most 4"):
         client.completions.create(model=NAME, prompt="x", n=5)
-    with pytest.raises(openai.BadRequestError, match="echo is not supported"):
-        client.completions.create(model=NAME, prompt="x", echo=True)
+    with pytest.raises(openai.BadRequestError, match="answered whole, not streamed"):
+        client.completions.create(model=NAME, prompt="x", echo=True, stream=True)
+    # echo with max_tokens 0 scores the prompt alone: its text, and a logprob for each token but the first.
+    echoed = client.completions.create(model=NAME, prompt="the word", echo=True, max_tokens=0, logprobs=1).choices[0]
+    assert echoed.text == "the word" and len(echoed.logprobs.tokens) == len(echoed.logprobs.token_logprobs) > 1
+    assert echoed.logprobs.token_logprobs[0] is None and all(v <= 0 for v in echoed.logprobs.token_logprobs[1:])
     with pytest.raises(openai.BadRequestError, match="assistant turn before any user turn"):
         client.chat.completions.create(model=NAME, messages=[{"role": "assistant", "content": "x"}])
     with pytest.raises(openai.AuthenticationError) as e:

@@ -37,6 +37,7 @@ from tokenmill.deploy.serve.scheduler import Scheduler
 from tokenmill.deploy.serve.sequence import Request, Status
 from tokenmill.deploy.serve.sequence import Sequence as Seq
 from tokenmill.model.sampling import SamplingParams, TokenLogprob, sample
+from tokenmill.model.scoring import Scores, score
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
@@ -351,6 +352,18 @@ class AsyncEngine:
             if not finished:
                 self._post(("abort", request_id))
 
+    async def score(self, prompt_ids: Sequence[int], top: int) -> Scores:
+        """The log-probability of each prompt token after the ones before it (a completion's
+        `echo`), computed on the engine thread between steps: the thread owns the model."""
+        self.engine.check(prompt_ids, SamplingParams(max_tokens=1))
+        request_id = uuid.uuid4().hex
+        sink: asyncio.Queue = asyncio.Queue()
+        self._post(("score", request_id, list(prompt_ids), top, asyncio.get_running_loop(), sink))
+        out = await sink.get()
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
     def _post(self, message: tuple) -> None:
         with self._lock:
             if self._stopped:
@@ -389,7 +402,22 @@ class AsyncEngine:
                 message = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            if message[0] == "add":
+            if message[0] == "score":
+                _, request_id, prompt_ids, top, loop, sink = message
+                self.sinks[request_id] = (loop, sink)
+                try:
+                    if self._stopped:
+                        raise EngineStopped("the engine is not running")
+                    # The first token has no probability of its own: a one-token prompt has nothing to score.
+                    scores = score(self.engine.model, [prompt_ids], top)[0] if len(prompt_ids) > 1 else Scores([], [], [])
+                    self._send(request_id, scores)
+                except EngineStopped as e:
+                    self._send(request_id, e)
+                except Exception as e:
+                    logger.error("request %s could not be scored", request_id, exc_info=e)
+                    self._send(request_id, RequestFailed(repr(e)))
+                self.sinks.pop(request_id)
+            elif message[0] == "add":
                 _, request_id, prompt_ids, params, loop, sink = message
                 self.sinks[request_id] = (loop, sink)
                 try:

@@ -7,7 +7,7 @@ has a length limit (`stop` at most 4 strings, as OpenAI documents), and the boun
 models, so the OpenAPI schema says them too. A request is refused with an `APIError`, answered
 as OpenAI answers: {"error": {"message", "type", "param", "code"}}.
 
-Fields the OpenAI API defines but this server does not implement (echo, suffix, best_of,
+Fields the OpenAI API defines but this server does not implement (suffix, best_of,
 tools, ...) are refused by name rather than silently ignored. `top_k`,
 `repetition_penalty`, `stop_token_ids` and `ignore_eos` are extensions, as in vLLM.
 """
@@ -152,9 +152,11 @@ class _Common(BaseModel):
 
 class CompletionRequest(_Common):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    # None: the API's default for completions, 16 (or less, when the server's limit is less)
-    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)
+    # None: the API's default for completions, 16 (or less, when the server's limit is less);
+    # 0: nothing generated, which with `echo` scores the prompt alone (how lm-eval asks for log-likelihoods)
+    max_tokens: int | None = Field(None, ge=0, le=2**31 - 1)
     logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False  # the prompt before the completion, with its tokens' logprobs when logprobs is set
 
 
 class TextPart(BaseModel):

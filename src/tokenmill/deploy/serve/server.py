@@ -37,9 +37,11 @@ from tokenmill.deploy.serve.api_error import APIError, ErrorBody
 from tokenmill.deploy.serve.engine import AsyncEngine
 from tokenmill.deploy.serve.generation import (
     Admission,
+    Choice,
     ClientGone,
     EventStream,
     Generation,
+    api_error,
     collect,
     sse,
     usage,
@@ -154,6 +156,23 @@ class Server:
             "text_offset": offsets,
         }
 
+    async def echo(self, text: str, ids: list[int], top: int | None) -> tuple[str, dict[str, Any] | None]:
+        """The prompt as a completion's `echo` gives it: its text, and with `top` its tokens'
+        logprobs (the first token's None: nothing comes before it)."""
+        if top is None:
+            return text, None
+        try:
+            scores = await self.engine.score(ids, max(top, 1))
+        except Exception as e:  # noqa: BLE001 - told to the client as any engine failure is
+            raise api_error(e) from None
+        logprobs = [TokenLogprob(ids[0], 0.0, [])] + [
+            TokenLogprob(t, lp, top_ids[: max(top, 1)]) for t, lp, top_ids in zip(ids[1:], scores.logprobs, scores.top)]
+        out = self.completion_logprobs(logprobs, 0)
+        out["token_logprobs"][0] = out["top_logprobs"][0] = None
+        if top == 0:  # the API's logprobs 0: the chosen tokens' logprobs, no alternatives
+            out["top_logprobs"][1:] = [{} for _ in ids[1:]]
+        return text, out
+
     def chat_logprobs(self, logprobs: list[TokenLogprob]) -> dict[str, Any]:
         def entry(token_id: int, logprob: float) -> dict[str, Any]:
             return {"token": self.tokenizer.decode([token_id]), "logprob": logprob,
@@ -241,13 +260,24 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         server.check_n(body.n, prompt_count(body.prompt))
         prompts = tokenize_prompts(server, body.prompt)
         max_tokens = server.max_tokens(body.max_tokens, max(map(len, prompts)), COMPLETION_MAX_TOKENS)
-        params = server.sampling_params(body, max_tokens, body.logprobs)
+        if body.stream and (body.echo or max_tokens == 0):
+            raise APIError(400, "echo and max_tokens 0 are answered whole, not streamed", param="stream")
+        # With max_tokens 0 nothing is generated; the parameters of one token still check the request.
+        params = server.sampling_params(body, max(max_tokens, 1), body.logprobs)
         for i, ids in enumerate(prompts):
             server.check_prompt(ids, params, "prompt" if len(prompts) == 1 else f"prompt.{i}")
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name}
-        generation = server.generation(prompts, params)
         want_logprobs = body.logprobs is not None
+        # Scored before the generation is admitted, so that a failed scoring holds nothing.
+        echoes = [await server.echo(p, ids, body.logprobs) for p, ids in zip(text_prompts(server, body.prompt, prompts), prompts)
+                  ] if body.echo else None
+        if max_tokens == 0:
+            choices = {i * body.n + j: Choice(finish_reason="length") for i in range(len(prompts)) for j in range(body.n)}
+            counts = usage(dict(enumerate(map(len, prompts))), {})
+            return JSONResponse({**head, "choices": completion_choices(server, choices, body.n, echoes, want_logprobs),
+                                 "usage": counts})
+        generation = server.generation(prompts, params)
 
         if body.stream:
             async def stream() -> AsyncIterator[str]:
@@ -279,11 +309,8 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
             return EventStream(stream(), generation.aclose)
 
         choices, counts = await collect(request, generation, body.n)
-        return JSONResponse({**head, "choices": [
-            {"index": index, "text": c.text, "finish_reason": c.finish_reason,
-             "logprobs": server.completion_logprobs(c.logprobs, 0) if want_logprobs else None}
-            for index, c in choices.items()
-        ], "usage": counts})
+        return JSONResponse({**head, "choices": completion_choices(server, choices, body.n, echoes, want_logprobs),
+                             "usage": counts})
 
     chat_body, chat_defs = request_body_schema(ChatCompletionRequest, *bounds)
 
@@ -357,6 +384,34 @@ def create_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
 
     app.openapi = openapi_with_bodies
     return app
+
+
+def text_prompts(server: Server, prompt: str | list, prompts: list[list[int]]) -> list[str]:
+    """Each prompt's text as `echo` repeats it: as sent, or decoded where it was sent as token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    texts = [p for p in prompt if isinstance(p, str)] if prompt and isinstance(prompt[0], str) else []
+    return texts or [server.tokenizer.decode(ids) for ids in prompts]
+
+
+def completion_choices(server: Server, choices: dict[int, Choice], n: int,
+                       echoes: list[tuple[str, dict[str, Any] | None]] | None, want_logprobs: bool
+                       ) -> list[dict[str, Any]]:
+    """The choices of a whole completion answer, each after its prompt's echo when asked for."""
+    out = []
+    for index, c in choices.items():
+        text, logprobs = c.text, server.completion_logprobs(c.logprobs, 0) if want_logprobs else None
+        if echoes is not None:
+            echo_text, echo_logprobs = echoes[index // n]
+            text = echo_text + text
+            if logprobs is not None and echo_logprobs is not None:
+                logprobs = {"tokens": echo_logprobs["tokens"] + logprobs["tokens"],
+                            "token_logprobs": echo_logprobs["token_logprobs"] + logprobs["token_logprobs"],
+                            "top_logprobs": echo_logprobs["top_logprobs"] + logprobs["top_logprobs"],
+                            "text_offset": echo_logprobs["text_offset"]
+                            + [len(echo_text) + o for o in logprobs["text_offset"]]}
+        out.append({"index": index, "text": text, "finish_reason": c.finish_reason, "logprobs": logprobs})
+    return out
 
 
 def prompt_count(prompt: str | list) -> int:
