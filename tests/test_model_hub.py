@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from tokenmill.model.io import load_model  # noqa: E402
+from tokenmill.model.io import load_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SRC = str(Path(__file__).resolve().parents[1] / "src")

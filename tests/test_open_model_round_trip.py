@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from hub_tokenizers import hub_tokenizer
 from safetensors.torch import load_file
 
@@ -20,7 +21,6 @@ from tokenmill.model.config import ModelConfig
 from tokenmill.model.io import build_model, copy_tokenizer, load_model, save_model
 from tokenmill.tokenizer import Tokenizer
 
-transformers = pytest.importorskip("transformers")
 T = transformers
 
 pytestmark = pytest.mark.usefixtures("one_thread")

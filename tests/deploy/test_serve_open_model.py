@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from hub_tokenizers import hub_tokenizer
 from serve_helpers import NAME, LiveServer, reference_greedy
 
@@ -13,7 +14,6 @@ from tokenmill.cli import main
 from tokenmill.deploy.serve.engine import EngineConfig
 from tokenmill.deploy.serve.server import Limits
 
-transformers = pytest.importorskip("transformers")
 T = transformers
 
 MESSAGES = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Say hello, über-quickly 🙂"}]

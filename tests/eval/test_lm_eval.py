@@ -10,13 +10,13 @@ import pytest
 import torch
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
-lm_eval = pytest.importorskip("lm_eval")  # the `eval` extra
-from lm_eval.tasks import TaskManager  # noqa: E402
-from serve_helpers import NAME, LiveServer  # noqa: E402
+import lm_eval  # the `eval` extra, part of `dev`
+from lm_eval.tasks import TaskManager
+from serve_helpers import NAME, LiveServer
 
-from tokenmill.deploy.serve.engine import EngineConfig  # noqa: E402
-from tokenmill.deploy.serve.server import Limits  # noqa: E402
-from tokenmill.eval import TokenmillLM  # noqa: E402
+from tokenmill.deploy.serve.engine import EngineConfig
+from tokenmill.deploy.serve.server import Limits
+from tokenmill.eval import TokenmillLM
 
 TASKS = ["tiny_ll", "tiny_rolling", "tiny_gen"]
 
