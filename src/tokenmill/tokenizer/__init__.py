@@ -6,21 +6,20 @@
 
     from tokenmill.tokenizer.dataset import TokenDataset  # imports torch, so not imported here
 
-`Tokenizer.load` also reads a model's own Hugging Face tokenizer (a `PretrainedTokenizer`, with
-its Jinja chat template). See docs/tokenizer.md for the special ids, the chat templates and the
+`Tokenizer.load` also reads a model's own Hugging Face tokenizer (`tokenizer.pretrained`, with
+its Jinja chat template; jinja2 is imported only then). See docs/tokenizer.md for the special ids, the chat templates and the
 token shard format.
 """
 
 from tokenmill.tokenizer.chat import ChatTokens, check_messages, render_chat
 from tokenmill.tokenizer.config import EncodeConfig, TokenizerConfig
 from tokenmill.tokenizer.encode import encode_corpus
-from tokenmill.tokenizer.pretrained import PretrainedTokenizer
 from tokenmill.tokenizer.special import SPECIAL_IDS, SPECIAL_TOKENS
 from tokenmill.tokenizer.tokenizer import Tokenizer
 from tokenmill.tokenizer.tokens import open_token_shard, token_shard_paths
 from tokenmill.tokenizer.train import train_tokenizer
 
 __all__ = [
-    "ChatTokens", "EncodeConfig", "PretrainedTokenizer", "SPECIAL_IDS", "SPECIAL_TOKENS", "Tokenizer", "TokenizerConfig",
+    "ChatTokens", "EncodeConfig", "SPECIAL_IDS", "SPECIAL_TOKENS", "Tokenizer", "TokenizerConfig",
     "check_messages", "encode_corpus", "open_token_shard", "render_chat", "token_shard_paths", "train_tokenizer",
 ]
