@@ -75,3 +75,13 @@ def test_a_streamed_chat_stops_at_the_end_of_turn_too(live):
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello!"
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_serve_loads_an_imported_folder_with_its_own_tokenizer(hf, tmp_path):
+    # What `tokenmill serve MODEL_DIR` calls: a Hub tokenizer carries no tokenmill_tokenizer.json.
+    from tokenmill.deploy.serve.loading import load_engine
+
+    assert main(["convert", str(hf[0]), str(tmp_path / "tm"), "--to", "tokenmill"]) == 0
+    engine = load_engine(tmp_path / "tm", EngineConfig(num_blocks=16, block_size=16, max_num_seqs=4), device="cpu")
+    assert engine.engine.tokenizer.encode_chat(MESSAGES, add_generation_prompt=True).ids == hf[3]
+    assert hf[4][-1] in engine.engine.tokenizer.stop_ids

@@ -14,7 +14,7 @@ from tokenmill.errors import TokenmillError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explore",
-        help="open a run folder in the browser: the pipeline as blocks, each with its artifacts",
+        help="open a run folder (or a model folder) in the browser: the pipeline as blocks, each with its artifacts",
         description=(
             "Serve a web page over RUN_DIR that draws the pipeline as eight blocks (data, curation, "
             "tokenizer, architecture, pre-training, alignment, model weights, deployment); a click opens "
@@ -22,10 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "your own text, attention maps on your own prompt. The run's latest model folder (quantized, "
             "else DPO, PPO, SFT, else pre-trained) is served beside it with the OpenAI API, so the page "
             "can chat with it and show the KV cache live. Reads only inside RUN_DIR; binds to 127.0.0.1 "
-            "unless --host says otherwise, and another address needs --api-key."
+            "unless --host says otherwise, and another address needs --api-key. Given a model folder "
+            "instead (one converted from the Hub, say), the page shows that model: its own tokenizer on your "
+            "text, its architecture and parameters, attention on your prompt, and a chat with it."
         ),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart, or a model folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=os.environ.get("TOKENMILL_EXPLORER_KEY"),
@@ -65,18 +67,28 @@ def check_exposure(host: str, api_key: str | None) -> None:
 def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, device: str | None = None,
               kv_cache_mb: int | None = None, api_key: str | None = None, allowed_hosts: tuple[str, ...] = ()):
     """The explorer app over `run_dir`; with `serve`, mounted at "/" on the serving API of the
-    run's model folder `model_key` (default: the latest, see stages.MODEL_FOLDERS). It answers to
+    run's model folder `model_key` (default: the latest, see stages.MODEL_FOLDERS). `run_dir` may
+    also be a model folder, shown as a run of that one model (see model_view). It answers to
     loopback names and `allowed_hosts`; with `api_key` every route needs it."""
     from tokenmill.explorer.app import explorer_app, mount_explorer
-    from tokenmill.explorer.stages import latest_model, model_folder
+    from tokenmill.explorer.model_view import open_model_folder, run_folder
+    from tokenmill.explorer.stages import is_model_folder, latest_model, model_folder
 
     if not run_dir.is_dir():
         raise TokenmillError(f"run folder not found: {run_dir}")
+    view = None
+    if is_model_folder(run_dir):
+        if model_key:
+            raise TokenmillError(f"--model picks a model of a run folder; {run_dir} is a model folder, served as it is")
+        view = open_model_folder(run_dir)  # kept alive by the app; removed at exit
+        run_dir = run_folder(view)
     model_dir = (model_folder(run_dir, model_key) if model_key else latest_model(run_dir)) if serve else None
     if model_key and model_dir is None:
         raise TokenmillError(f"{run_dir} holds no '{model_key}' model folder")
     if model_dir is None:
-        return explorer_app(run_dir, api_key=api_key, allowed_hosts=allowed_hosts), None
+        app = explorer_app(run_dir, api_key=api_key, allowed_hosts=allowed_hosts)
+        app.state.model_view = view
+        return app, None
 
     from tokenmill.deploy.serve.engine import EngineConfig
     from tokenmill.deploy.serve.loading import load_engine
@@ -84,9 +96,10 @@ def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, d
 
     config = EngineConfig(max_num_seqs=8, kv_cache_bytes=kv_cache_mb * 2**20 if kv_cache_mb else None)
     engine = load_engine(model_dir, config, device=device)
-    name = f"{run_dir.resolve().name}/{model_dir.relative_to(run_dir).as_posix()}"
+    name = run_dir.name if view else f"{run_dir.resolve().name}/{model_dir.relative_to(run_dir).as_posix()}"
     app = create_app(engine, name, api_key=api_key, allowed_hosts=allowed_hosts)
-    return mount_explorer(app, run_dir, path="/"), model_dir
+    app.state.model_view = view
+    return mount_explorer(app, run_dir, path="/"), (model_dir.resolve() if view else model_dir)
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:

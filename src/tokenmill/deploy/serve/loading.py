@@ -16,15 +16,14 @@ def load_engine(model_dir: Path, config: EngineConfig, tokenizer_dir: Path | Non
     (`tokenizer_dir`, default the model folder itself); a user error names the folder and the fix."""
     from tokenmill.model import load_model
     from tokenmill.tokenizer import Tokenizer
-    from tokenmill.tokenizer.artifact import HF_FILE, META_FILE
+    from tokenmill.tokenizer.artifact import HF_FILE
 
     if not model_dir.is_dir():
         raise TokenmillError(f"model folder not found: {model_dir}")
     tokenizer_dir = tokenizer_dir or model_dir
-    missing = [f for f in (HF_FILE, META_FILE) if not (tokenizer_dir / f).is_file()]
-    if missing:
+    if not (tokenizer_dir / HF_FILE).is_file():  # tokenmill's own tokenizer, or a Hub model's
         raise TokenmillError(
-            f"{tokenizer_dir} holds no tokenmill tokenizer ({' and '.join(missing)} missing); "
+            f"{tokenizer_dir} holds no tokenizer ({HF_FILE} missing); "
             "point --tokenizer at the tokenizer folder (stage 03's output)"
         )
     tokenizer = Tokenizer.load(tokenizer_dir)
