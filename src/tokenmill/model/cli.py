@@ -222,6 +222,8 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", metavar="DST", help="folder to write (replaced as a whole)")
     p.add_argument("--to", required=True, choices=["tokenmill", "hf"], help="the format of DST")
     p.add_argument("--family", choices=list(FAMILIES), help="with --to hf: the transformers family to write")
+    p.add_argument("--push", metavar="ORG/NAME", help="with --to hf: then upload DST to this Hub model repository "
+                   "(created private if new; needs HF_TOKEN with write access, refused under HF_HUB_OFFLINE)")
     p.set_defaults(func=_cmd_convert)
 
 
@@ -231,8 +233,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "tokenmill":
         from tokenmill.model.hub import checkpoint_folder
 
-        if args.family:
-            raise TokenmillError("--family applies to --to hf; importing reads the family from config.json")
+        if args.family or args.push:
+            raise TokenmillError("--family and --push apply to --to hf; importing reads the family from config.json")
         src = checkpoint_folder(args.src)  # before torch loads: a Hub error comes at once
         from tokenmill.model.hf import import_hf
 
@@ -244,6 +246,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
         family = export_hf(args.src, args.dst, args.family)
         print(f"{args.src} -> {args.dst}: {family.architecture}", file=sys.stderr)
+        if args.push:
+            from tokenmill.model.hub import push
+
+            print(f"pushed {args.dst} to {args.push}: {push(Path(args.dst), args.push)}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ lives), HF_TOKEN (gated and private models) and HF_HUB_OFFLINE (read the cache, 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -94,3 +95,33 @@ def _repo_files(repo_id: str, revision: str, folder: Path) -> set[str]:
     except CachedRepoTreeNotFoundError:
         pass
     return names
+
+
+def push(folder: Path, repo_id: str, *, endpoint: str | None = None) -> str:
+    """Upload the files of `folder` as one commit to the model repository `repo_id` on the Hub
+    (created, private, when it does not exist); the commit's URL. HF_TOKEN (or `hf auth login`) must
+    name an account that can write there; HF_HUB_OFFLINE=1 forbids it. `endpoint` is the Hub's
+    address (default HF_ENDPOINT's)."""
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", repo_id):
+        raise TokenmillError(f"--push {repo_id}: expected a Hub repository id, org/name")
+    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true"):
+        raise TokenmillError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set, so the Hub is not reached "
+                             f"(the folder {folder} is written; push it later with --push from a connected machine)")
+    token = get_token()
+    if not token:
+        raise TokenmillError(f"cannot push to {repo_id}: no Hugging Face token; set HF_TOKEN to a token with write "
+                             "access (or log in with `hf auth login`)")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, private=True, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=f"Upload {folder.name} from tokenmill")
+    except OfflineModeIsEnabled:
+        raise TokenmillError(f"cannot push to {repo_id}: HF_HUB_OFFLINE is set") from None
+    except HfHubHTTPError as e:
+        raise TokenmillError(f"the Hugging Face Hub refused the upload to {repo_id}: {e}") from None
+    except OSError as e:  # no network, DNS, refused connection
+        raise TokenmillError(f"cannot reach the Hugging Face Hub to push {repo_id}: {e}") from None
+    return commit.commit_url
