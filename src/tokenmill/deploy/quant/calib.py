@@ -38,6 +38,16 @@ def calibration_ids(
         from tokenmill.tokenizer.dataset import TokenDataset
 
         data = TokenDataset(source, "train", seq_len=seq_len, seed=seed)
+        if tokenizer_dir is not None and (Path(tokenizer_dir) / "tokenizer.json").is_file():
+            # Ids of another tokenizer (say the run's own, beside a model imported from the Hub) are
+            # valid ids of this one too, but other text: GPTQ and AWQ would fit noise.
+            own = Tokenizer.load(tokenizer_dir).hash
+            if data.tokenizer_hash not in (None, own):
+                raise TokenmillError(
+                    f"the token shards in {source} were encoded with another tokenizer than {tokenizer_dir}'s: "
+                    f"encode the documents with `tokenmill encode --tokenizer {tokenizer_dir}`, or pass the "
+                    "document shards as --calib"
+                )
         x, _ = data.batch(0, min(n_samples, len(data)))
         return x
     paths = _document_shards(source)
