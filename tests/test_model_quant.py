@@ -15,6 +15,7 @@ from tokenmill.deploy.quant.rtn import rtn
 from tokenmill.deploy.quant.save import save_quantized
 from tokenmill.model import build_model, load_model, load_preset, tiny
 from tokenmill.model.quant.grid import Scheme
+from tokenmill.model.quant.io import replace_linear
 from tokenmill.model.quant.linear import QuantLinear
 
 # Run in a fresh interpreter: this test process has imported tokenmill.deploy to write the folder.
@@ -92,4 +93,29 @@ def test_kernel_logits_match_the_dequantize_reference(method, symmetric, tmp_pat
     monkeypatch.setattr(QuantLinear, "use_kernels", False)
     reference = loaded(ids)
     # W8A8 rounds the activations to 8 bits; INT4 runs in bfloat16.
+    assert float((fast - reference).norm() / reference.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("method", ["int8", "rtn4"])
+@torch.no_grad()
+def test_a_quantized_head_of_a_tied_embedding_runs_the_kernel_and_keeps_the_embedding(method, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    config = tiny(load_preset("mistral-7b"), d_model=128, n_heads=4, vocab_size=512).model_copy(update={"tie_embeddings": True})
+    model = build_model(config, "cpu")
+    embedding = model.tok_embeddings.weight.detach().clone()
+    scheme = scheme_for(method, 32, True)
+    info = quantize_model(model, method, scheme)
+    head = QuantLinear.from_codes(*rtn(model.output.weight.detach(), scheme), scheme)
+    replace_linear(model, "output", head)
+    save_quantized(model, tmp_path, info)
+    loaded = load_model(tmp_path, device="cpu")
+    assert isinstance(loaded.output, QuantLinear) and loaded.output._kernel is not None  # repacked on load
+    assert "weight" not in dict(loaded.output.named_parameters())  # not re-tied to the embedding
+    torch.testing.assert_close(loaded.tok_embeddings.weight, embedding, rtol=0, atol=0)
+    ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    fast = loaded(ids)
+    monkeypatch.setattr(QuantLinear, "use_kernels", False)
+    reference = loaded(ids)
+    h = loaded.hidden_states(ids)[0]
+    torch.testing.assert_close(reference, h @ head.dequantize().T, rtol=1e-5, atol=1e-5)
     assert float((fast - reference).norm() / reference.norm()) < 1e-2

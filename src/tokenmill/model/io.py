@@ -46,7 +46,7 @@ def build_model(config: ModelConfig, device: torch.device | str | None = None, d
 def state_dict_for_saving(model: Transformer) -> dict[str, torch.Tensor]:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
-        del state[TIED]
+        state.pop(TIED, None)  # the embedding itself (a quantized head has codes of its own instead)
     return state
 
 

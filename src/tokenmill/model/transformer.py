@@ -257,7 +257,9 @@ class Transformer(nn.Module):
             self.init_weights()
 
     def tie_weights(self) -> None:
-        if self.config.tie_embeddings:
+        # A quantized head (QuantLinear) holds its own codes of the shared matrix: the embedding
+        # lookup stays in full precision.
+        if self.config.tie_embeddings and isinstance(self.output, nn.Linear):
             self.output.weight = self.tok_embeddings.weight
 
     def init_weights(self) -> None:
