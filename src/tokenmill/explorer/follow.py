@@ -17,6 +17,7 @@ from tokenmill.curate.report import REMOVED_FILE
 from tokenmill.errors import TokenmillError
 from tokenmill.explorer.documents import placeholders, removed_samples
 from tokenmill.explorer.files import read_json, read_jsonl
+from tokenmill.explorer.sections import label
 from tokenmill.shards import read_shards, shard_paths
 
 SHOWN_CHARS = 2000  # of a document's text, tokens and loss strip
@@ -90,8 +91,8 @@ def follow(run_dir: Path, doc_id: str, live) -> dict:
     out: dict = {"id": raw.id, "source": raw.source, "bytes": len(raw.text.encode("utf-8", "replace")),
                  "raw_text": raw.text[:SHOWN_CHARS], "kept": curated is not None}
     if removal is not None:
-        out["removed"] = {"block": removal.get("block"), "reason": str(removal.get("reason", "")).split(".", 1)[-1].replace("_", " "),
-                          "detail": removal.get("detail", "")}
+        reason = str(removal.get("reason", "")).split(".", 1)[-1]
+        out["removed"] = {"block": label(str(removal.get("block", ""))), "reason": label(reason), "detail": removal.get("detail", "")}
     elif curated is None:
         out["removed"] = {"block": None, "reason": "not recorded by this run's curation", "detail": ""}
     kept_of = duplicate_of(removal) if removal else None

@@ -75,6 +75,8 @@ async function openBlock(number) {
       el("h2", {}, `${panel.number} · ${panel.title} `, el("span", {class: `badge status-${panel.status.replace(/ /g, "-")}`, text: panel.status})));
     for (const section of panel.sections) body.append(render(section));
     main.replaceChildren(body);
+    // On a phone the blocks stack above the panel: bring the panel into view.
+    if (window.matchMedia("(max-width: 700px)").matches) main.scrollIntoView();
   } catch (error) {
     main.replaceChildren(el("p", {class: "error", text: `could not open block ${number}: ${error.message}`}));
   }
