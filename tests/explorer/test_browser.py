@@ -208,7 +208,11 @@ def follow_document(page, doc_id: str) -> None:
 def test_follow_a_document_a_filter_removed_and_its_kept_copy(page, tiny_run):
     removals = [json.loads(line) for line in (tiny_run / "02_curate" / "removed.jsonl").read_text().splitlines()]
     copy = next(r for r in removals if r["reason"] == "exact_dedup.duplicate")
+    rule = next(r for r in removals if r["block"].startswith("gopher"))  # a quality rule, not deduplication
     open_block(page, "02")
+    follow_document(page, rule["id"])
+    block, reason = rule["block"].replace("_", " "), rule["reason"].split(".", 1)[1].replace("_", " ")
+    assert page.locator("#follow-fate").text_content().startswith(f"Removed by the {block} rule: {reason} ({rule['detail']})")
     follow_document(page, copy["id"])
     fate = page.locator("#follow-fate").text_content()
     assert fate.startswith("Removed by the exact dedup rule: duplicate") and copy["detail"] in fate
@@ -226,7 +230,10 @@ def test_follow_a_document_a_filter_removed_and_its_kept_copy(page, tiny_run):
     losses = heat.evaluate_all("s => s.map(x => parseFloat(x.title))")
     assert all(x >= 0 for x in losses) and len(set(losses)) > 1
     assert len(set(heat.evaluate_all("s => s.map(x => x.style.backgroundColor)"))) > 1  # a strip, not one colour
-    assert "weight 1" in page.locator("#follow-mixture").text_content()
+    kept = next(d for d in page.locator(".doc-choice").all_text_contents() if d.startswith(copy["detail"]))
+    domain = kept.removeprefix(copy["detail"]).split()[0]
+    mix = json.loads((tiny_run / "02_curate" / "mixture.json").read_text())["domains"][domain]
+    assert f"weight {mix['weight']:g}, seen {mix['effective_repeats']:g}× per epoch" in page.locator("#follow-mixture").text_content()
     assert page.errors == []
 
 

@@ -141,9 +141,12 @@ function renderFollow() {
   const query = el("input", {id: "follow-query", type: "search", "aria-label": "search raw documents by id or text", placeholder: "search raw documents by id or text"});
   const list = el("div", {class: "follow-list", id: "follow-list"});
   const out = el("div", {class: "follow-out", id: "follow-output"});
+  let latest = 0;  // only the newest search may fill the list, however the answers arrive
   const searchDocs = async () => {
+    const mine = ++latest;
     try {
       const found = await getJSON(`api/documents?q=${encodeURIComponent(query.value)}`);
+      if (mine !== latest) return;
       list.replaceChildren(...(found.documents.length ? found.documents.map(d => el("button", {
         class: "doc-choice", "data-id": d.id, onclick: () => showDocument(d.id, out),
       }, el("strong", {text: d.id}), el("span", {class: "muted", text: ` ${d.source} · ${d.preview.slice(0, 60)}`})))
