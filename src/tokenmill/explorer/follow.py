@@ -9,7 +9,6 @@ the curated shards is reported as removed for a reason the run did not record.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -111,21 +110,3 @@ def follow(run_dir: Path, doc_id: str, live) -> dict:
         out["tokens"] = live.tokenize(text)
     out["loss"] = live.token_losses("pretrained", text)
     return out
-
-
-def loss_strip(tokenizer, model, text: str) -> dict | None:
-    """Each token's loss (nats) under `model` after the tokens before it, up to its context."""
-    from tokenmill.explorer.live import token_pieces
-    from tokenmill.model.scoring import score
-
-    ids = tokenizer.encode(text)
-    if tokenizer.bos_id is not None:
-        ids = [tokenizer.bos_id, *ids]
-    ids = ids[: model.config.context_length + 1]
-    if len(ids) < 2:
-        return None
-    losses = [-lp for lp in score(model, [ids])[0].logprobs]
-    pieces = token_pieces(tokenizer, ids[1:])
-    mean = sum(losses) / len(losses)
-    return {"tokens": [{"text": p["text"], "loss": round(x, 3)} for p, x in zip(pieces, losses)],
-            "mean": round(mean, 3), "perplexity": round(math.exp(mean), 2), "max": round(max(losses), 3)}

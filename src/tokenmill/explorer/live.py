@@ -4,6 +4,7 @@ loss, one prompt answered by every model, the engine's state."""
 from __future__ import annotations
 
 import codecs
+import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -25,6 +26,23 @@ def token_pieces(tokenizer, ids: list[int]) -> list[dict]:
     the token that completes it carries the whole character, so no piece is ever half a character."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     return [{"id": i, "text": decoder.decode(tokenizer.token_bytes(i))} for i in ids]
+
+
+def loss_strip(tokenizer, model, text: str) -> dict | None:
+    """Each token's loss (nats) under `model` after the tokens before it, up to its context."""
+    from tokenmill.model.scoring import score
+
+    ids = tokenizer.encode(text)
+    if tokenizer.bos_id is not None:
+        ids = [tokenizer.bos_id, *ids]
+    ids = ids[: model.config.context_length + 1]
+    if len(ids) < 2:
+        return None
+    losses = [-lp for lp in score(model, [ids])[0].logprobs]
+    pieces = token_pieces(tokenizer, ids[1:])
+    mean = sum(losses) / len(losses)
+    return {"tokens": [{"text": p["text"], "loss": round(x, 3)} for p, x in zip(pieces, losses)],
+            "mean": round(mean, 3), "perplexity": round(math.exp(mean), 2), "max": round(max(losses), 3)}
 
 
 class Live:
@@ -95,9 +113,7 @@ class Live:
 
 
     def token_losses(self, key: str, text: str) -> dict | None:
-        """Each token's loss under model `key` (see follow.loss_strip); None when the run has no such model."""
-        from tokenmill.explorer.follow import loss_strip
-
+        """Each token's loss under model `key` (see loss_strip); None when the run has no such model."""
         if model_folder(self.run_dir, key) is None:
             return None
         tok = self.tokenizer()
