@@ -185,6 +185,11 @@ def test_fused_pass_counts_every_document_and_byte(tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "out" / "removed_samples.jsonl").read_text().splitlines()]
     assert [s["id"] for s in samples] == [d.id for d in short[:5]]
     assert samples[0]["block"] == "drop_short" and samples[0]["excerpt"] == "tiny"
+    # Beyond the five samples, every removed document is recorded with its rule and detail.
+    removed = [json.loads(line) for line in (tmp_path / "out" / "removed.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in removed) == sorted(d.id for d in short)
+    assert all(r["block"] == "drop_short" and r["reason"] == "drop_short.too_short" for r in removed)
+    assert {r["id"]: r["detail"] for r in removed} == {d.id: f"{len(d.text)} chars" for d in short}
     assert "<svg" in (tmp_path / "out" / "curation.svg").read_text()
 
 

@@ -29,7 +29,12 @@ def sections(client, number: str, kind: str | None = None) -> list[dict]:
 
 
 def titled(found: list[dict], title: str) -> dict:
-    return next(s for s in found if s["title"] == title)
+    return next(s for s in found if s.get("title") == title)
+
+
+def labelled(section: dict) -> dict[str, str]:
+    """A facts section as label -> value (the reading under a value left out)."""
+    return {label: value for label, value, *_ in section["items"]}
 
 
 def svg_root(client, url: str) -> ET.Element:
@@ -97,8 +102,8 @@ def test_curation_funnel_samples_duplicates_and_redactions(client, tiny_run):
 
     samples = sections(client, "02", "samples")[0]["groups"]
     reasons = {g["title"]: g["count"] for g in samples}
-    expected = {r: v["docs"] for b in stats["blocks"] for r, v in b["removed"].items()}
-    assert reasons == expected and reasons["exact_dedup.duplicate"] == 1
+    expected = {r.replace(".", ": ").replace("_", " "): v["docs"] for b in stats["blocks"] for r, v in b["removed"].items()}
+    assert reasons == expected and reasons["exact dedup: duplicate"] == 1
 
     texts = planted_corpus(tiny_run.parent / "again.jsonl")
     pairs = {p["kind"]: p for p in sections(client, "02", "pairs")[0]["pairs"]}
@@ -131,7 +136,7 @@ def test_tokenizer_box_matches_the_tokenizer_and_hugging_face(client, tiny_run):
     assert [t["id"] for t in out["tokens"]] == hf.encode(text, add_special_tokens=False).ids
     assert "".join(t["text"] for t in out["tokens"]) == text  # no piece is half a character
     assert out["count"] == len(out["tokens"]) and out["bytes"] == len(text.encode())
-    facts = dict(sections(client, "03", "facts")[1]["items"])
+    facts = labelled(sections(client, "03", "facts")[1])
     assert facts["vocabulary size"] == "512"
     too_long = client.post("/api/tokenize", json={"text": "a" * 20_001})
     assert too_long.status_code == 400 and "at most" in too_long.json()["error"]
@@ -143,9 +148,9 @@ def test_architecture_and_parameters(client, tiny_run):
 
     arch = sections(client, "04", "architecture")[0]
     assert arch["config"] == json.loads((tiny_run / "04_model" / "model.json").read_text())
-    facts = dict(sections(client, "04", "facts")[1]["items"])
+    facts = labelled(sections(client, "04", "facts")[1])
     total = sum(r["params"] for r in tensor_rows(read_config(tiny_run / "04_model" / "model.json")))
-    assert facts["total"] == f"{total:,}"
+    assert facts["parameters in all"] == f"{total:,}"
 
 
 def test_pretraining_checkpoints_and_golden(client):
@@ -183,14 +188,14 @@ def test_quantization_table(client, tiny_run):
 def test_alignment_of_the_run(client, tiny_run):
     summary = json.loads((tiny_run / "06_align" / "summary.json").read_text())
     found = sections(client, "06")
-    brief = dict(titled(found, "alignment, in brief")["items"])
-    assert brief["rm_accuracy"] == f"{summary['rm_accuracy']:.4g}" and "methods" not in brief
+    brief = labelled(titled(found, "your run, in brief"))
+    assert brief["reward model accuracy"] == f"{summary['rm_accuracy']:.0%}" and "methods" not in brief
     figures = {s["title"]: s["files"] for s in found if s["type"] == "figures"}
     assert figures == {
-        "SFT: figures written by the stage": ["06_align/sft/accuracy.svg", "06_align/sft/loss.svg"],
-        "RM: figures written by the stage": ["06_align/rm/accuracy.svg", "06_align/rm/loss.svg"],
-        "DPO: figures written by the stage": ["06_align/dpo/accuracy.svg", "06_align/dpo/loss.svg", "06_align/dpo/rewards.svg"],
-        "PPO: figures written by the stage": ["06_align/ppo/kl.svg", "06_align/ppo/kl_coef.svg", "06_align/ppo/policy.svg",
+        "supervised fine-tuning (SFT): charts": ["06_align/sft/accuracy.svg", "06_align/sft/loss.svg"],
+        "reward model: charts": ["06_align/rm/accuracy.svg", "06_align/rm/loss.svg"],
+        "direct preference optimisation (DPO): charts": ["06_align/dpo/accuracy.svg", "06_align/dpo/loss.svg", "06_align/dpo/rewards.svg"],
+        "reinforcement learning (PPO): charts": ["06_align/ppo/kl.svg", "06_align/ppo/kl_coef.svg", "06_align/ppo/policy.svg",
                                               "06_align/ppo/reward.svg"]}
     for files in figures.values():
         for path in files:
@@ -199,8 +204,9 @@ def test_alignment_of_the_run(client, tiny_run):
 
 def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     (tmp_path / "run").mkdir()
-    assert [s["text"] for s in sections(TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL), "06")] == [
-        "not run: 06_align is not in this run folder yet"]
+    found = sections(TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL), "06")
+    assert [s["type"] for s in found] == ["idea", "note"]  # what the stage is for, even before it runs
+    assert found[1]["text"] == "not run: 06_align is not in this run folder yet"
     # The folder layout stage 06 writes, filled by hand here: the panel must show what it holds.
     root = tmp_path / "run" / "06_align"
     drawn = {"sft": ["loss.svg"], "rm": ["accuracy.svg", "loss.svg"], "dpo": [], "ppo": ["kl.svg", "reward.svg"]}
@@ -216,9 +222,9 @@ def test_alignment_not_run_then_drawn_from_its_folder(tmp_path):
     c = TestClient(explorer_app(tmp_path / "run"), base_url=LOCAL)
     found = sections(c, "06")
     figures = {s["title"]: s["files"] for s in found if s["type"] == "figures"}
-    assert figures == {"SFT: figures written by the stage": ["06_align/sft/loss.svg"],
-                       "RM: figures written by the stage": ["06_align/rm/accuracy.svg", "06_align/rm/loss.svg"],
-                       "PPO: figures written by the stage": ["06_align/ppo/kl.svg", "06_align/ppo/reward.svg"]}
+    assert figures == {"supervised fine-tuning (SFT): charts": ["06_align/sft/loss.svg"],
+                       "reward model: charts": ["06_align/rm/accuracy.svg", "06_align/rm/loss.svg"],
+                       "reinforcement learning (PPO): charts": ["06_align/ppo/kl.svg", "06_align/ppo/reward.svg"]}
     assert not [s for s in found if s["type"] == "chart"]  # the explorer draws none of its own
     for files in figures.values():
         for path in files:
@@ -243,7 +249,7 @@ def test_a_rerun_of_pretraining_shows_its_own_steps_not_the_last_runs(tmp_path):
         (run / "manifest.json").write_text(json.dumps({"stages": {"05_pretrain": {"status": status}}}))
         found = sections(c, "05")
         notes = [x["text"] for x in found if x["type"] == "note"]
-        steps = dict(next(x for x in found if x["type"] == "facts" and x["title"] == "the run")["items"]).get("steps")
+        steps = labelled(next(x for x in found if x["type"] == "facts" and x["title"] == "your run")).get("optimizer steps")
         images = [x["src"] for x in found if x["type"] == "chart"] + [f for x in found if x["type"] == "figures"
                                                                      for f in x["files"]]
         return notes, steps, images

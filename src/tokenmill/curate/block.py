@@ -69,6 +69,7 @@ class BlockStats:
         self.samples: dict[str, list[dict[str, Any]]] = {}
         self.errors = 0
         self.error_samples: list[dict[str, str]] = []
+        self.last_removal: tuple[str, str] = ("", "")  # the reason and detail of the latest `remove`
 
     def seen(self, doc: Document) -> None:
         self.docs_in += 1
@@ -82,6 +83,7 @@ class BlockStats:
     def remove(self, doc: Document, reason: str, detail: str = "") -> None:
         """Record that `doc` is removed and why; the caller then returns None."""
         self.removed[reason] += 1
+        self.last_removal = (reason, detail)
         self.removed_bytes[reason] += _size(doc)
         self.removed_by_domain[doc.source] += 1
         samples = self.samples.setdefault(reason, [])

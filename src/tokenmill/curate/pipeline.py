@@ -18,7 +18,7 @@ documents of an uninterrupted one.
 
 The result in `out_dir`: `shards/` (the mixture), `stats.json` (per block: documents and
 bytes in and out, removals by reason with samples, removed share by domain, errors),
-`removed_samples.jsonl`, `curation.svg`, `mixture.json`, `mixture.svg`, and the charts the
+`removed_samples.jsonl`, `removed.jsonl` (every removed document and why), `curation.svg`, `mixture.json`, `mixture.svg`, and the charts the
 corpus blocks drew in their fit (see report.py).
 """
 
@@ -44,6 +44,7 @@ from tokenmill.curate.block import Block, BlockStats, CorpusBlock, DocumentBlock
 from tokenmill.curate.executor import ExecutorConfig, make_executor
 from tokenmill.curate.mixture import Mixture, ShardMix, census_shard, mix_shard, mixture_report, plan_mixture, write_mixture_report
 from tokenmill.curate.report import (
+    REMOVED_FILE,
     domain_table,
     input_report,
     kept_chart,
@@ -53,6 +54,7 @@ from tokenmill.curate.report import (
     redact_samples,
     sum_domains,
     total_counts,
+    write_removals,
     write_samples,
 )
 from tokenmill.errors import TokenmillError
@@ -116,6 +118,7 @@ def run_blocks(
         domains_out = sum_domains(r["domains"] for r in split)
         report: dict[str, Any] = {"input": input_report(split, domains_out), "blocks": [], "disabled_blocks": disabled, "passes": []}
 
+        removals: list[list[str]] = []  # every removed document: [id, block, reason, detail]
         fits: dict[str, tuple[Path, float]] = {}  # corpus block -> (its fitted state, fit seconds)
         for i, (kind, group) in enumerate(_plan(blocks), start=1):
             fp = _fingerprint({"previous": fp, "kind": kind, "blocks": [_spec(b).describe() for b in group]})
@@ -135,6 +138,7 @@ def run_blocks(
                  "seconds": round(time.perf_counter() - t, 3)}
             )
             report["blocks"].extend(merge_block_stats(group, results, fits))
+            removals.extend(row for r in results for row in r.get("removals", []))
             shards = [(piece, step / n) for (piece, _), r in zip(shards, results) for n in r["outputs"]]
             domains_out = sum_domains(r["domains"] for r in results)
 
@@ -166,6 +170,7 @@ def run_blocks(
     redact_samples(report["blocks"], blocks)
     write_json(out_dir / "stats.json", report)
     write_samples(out_dir / "removed_samples.jsonl", report["blocks"])
+    write_removals(out_dir / REMOVED_FILE, removals)
     write_text(out_dir / "curation.svg", kept_chart(report))
     figures = ["curation.svg", "mixture.svg", *publish_fit_figures(fits, out_dir)]
     print_table(report, log)
@@ -341,9 +346,11 @@ def run_pass(task: PassTask) -> dict[str, Any]:
     stats = [BlockStats(b.name) for b in blocks]
     seconds = [0.0] * len(blocks)
     domains: dict[str, list[int]] = {}
+    removals: list[list[str]] = []  # [id, block, reason, detail] of every document removed
     writer = ShardWriter(task.out_folder, prefix=task.piece, shard_bytes=ONE_FILE)
     with writer:
         for doc in read_shards([task.path]):
+            doc_id = doc.id
             for i, (block, st) in enumerate(zip(blocks, stats)):
                 st.seen(doc)
                 if not block.applies_to(doc):
@@ -353,6 +360,7 @@ def run_pass(task: PassTask) -> dict[str, Any]:
                     doc = apply_block(block, doc, st)
                     seconds[i] += time.perf_counter() - t
                     if doc is None:
+                        removals.append([doc_id, block.name, *st.last_removal])
                         break
                 st.kept(doc)
             else:
@@ -363,6 +371,7 @@ def run_pass(task: PassTask) -> dict[str, Any]:
     return {
         "outputs": [p.name for p in writer.paths],
         "domains": domains,
+        "removals": removals,
         "blocks": [
             {"stats": st.to_dict(), "in_by_domain": dict(st.in_by_domain), "removed_by_domain": dict(st.removed_by_domain), "seconds": s}
             for st, s in zip(stats, seconds)

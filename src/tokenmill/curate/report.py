@@ -1,4 +1,4 @@
-"""The record of a curation run: `stats.json`, `removed_samples.jsonl`, `curation.svg`, the table.
+"""The record of a curation run: `stats.json`, `removed_samples.jsonl`, `removed.jsonl`, `curation.svg`, the table.
 
 The statistics come from the completion markers of the tasks, so a resumed run reports the
 whole corpus, not only the part it redid.
@@ -18,6 +18,7 @@ from tokenmill.curate.trained import METRICS_FILE
 from tokenmill.curate.workdir import DONE
 from tokenmill.figures import funnel_chart, human_bytes
 
+REMOVED_FILE = "removed.jsonl"  # one line per removed document: which block removed it, and why
 FIT_SUMMARIES = (DONE, METRICS_FILE)  # a corpus block's own summary of its fit, copied into stats.json
 
 
@@ -134,6 +135,13 @@ def write_samples(path: Path, blocks: list[dict]) -> None:
         json.dumps({"block": b["name"], "reason": reason, **sample}, ensure_ascii=False)
         for b in blocks for reason, r in b["removed"].items() for sample in r["samples"]
     ]
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_removals(path: Path, removals: list[list[str]]) -> None:
+    """The fate of every removed document (a kept one is in the shards), so that one document can
+    be followed through curation, not only the few samples each rule keeps."""
+    lines = [json.dumps({"id": i, "block": b, "reason": r, "detail": d}, ensure_ascii=False) for i, b, r, d in removals]
     write_text(path, "".join(line + "\n" for line in lines))
 
 

@@ -1,12 +1,15 @@
 """The explorer: a page that draws the pipeline as blocks, and JSON and SVG routes over one run folder.
 
     /                       the page (static/index.html, explorer.js, explorer.css)
-    /api/run                the blocks: status and key figure of each
+    /api/run                the blocks: status and key figure of each, and what each hands to the next
     /api/panel/NN           what block NN's panel shows (see panels.py)
     /api/chart/NN/NAME.svg  a chart of a stage still running, drawn from its logs (see progress.py)
     /api/file?path=P        a figure or stats file of the run; nothing outside the run folder
     /api/tokenize           POST {"text"}: the tokens of a text
     /api/attention          POST {"model", "prompt"}: the tokens; /api/attention.svg draws one layer
+    /api/documents?q=TEXT   raw documents whose id or text holds TEXT
+    /api/document?id=ID     one document followed through the run (see follow.py)
+    /api/compare            POST {"prompt"}: the prompt answered by every model, with rewards
     /api/engine             the serving engine's requests and KV-cache blocks, when one is attached
 
 Every route only reads. Every response forbids scripts from anywhere but the page's own files,
@@ -28,6 +31,8 @@ from fastapi.staticfiles import StaticFiles
 from tokenmill.deploy.serve.guard import Guard
 from tokenmill.errors import TokenmillError
 from tokenmill.explorer.files import CONTENT_TYPES, OutsideRun, inside, read_json
+from tokenmill.explorer.flow import handoffs
+from tokenmill.explorer.follow import follow, search
 from tokenmill.explorer.live import Live, engine_stats
 from tokenmill.explorer.panels import panel
 from tokenmill.explorer.progress import NoChart, draw
@@ -94,6 +99,7 @@ def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = N
             "name": run_dir.name,
             "blocks": [{"number": b.number, "title": b.title, "status": block_status(run_dir, b),
                         "figure": "; ".join(figures[f] for f in b.folders if figures.get(f))} for b in BLOCKS],
+            "handoffs": handoffs(run_dir),
             "models": model_folders(run_dir),
             "engine": engine_info,
         }
@@ -132,6 +138,18 @@ def explorer_app(run_dir: str | Path, engine=None, *, model_name: str | None = N
             raise TokenmillError(f"layer {layer} is outside 0..{probs.shape[0] - 1}")
         heads = {f"head {h}": p for h, p in enumerate(probs[layer])}
         return _svg(heatmaps(f"layer {layer}: attention of each head", heads, labels))
+
+    @app.get("/api/documents")
+    def documents(q: str = "") -> dict:
+        return {"documents": search(run_dir, q)}
+
+    @app.get("/api/document")
+    def document(id: str = Query(..., description="a document id of 01_data")) -> dict:
+        return follow(run_dir, id, live)
+
+    @app.post("/api/compare")
+    def compare(prompt: str = Body(..., embed=True)) -> dict:
+        return live.compare(prompt)
 
     @app.get("/api/engine")
     def engine_state() -> dict:

@@ -1,8 +1,10 @@
-"""What the explorer computes on request: tokens of a text, attention on a prompt, the engine's state."""
+"""What the explorer computes on request: tokens of a text, attention on a prompt, each token's
+loss, one prompt answered by every model, the engine's state."""
 
 from __future__ import annotations
 
 import codecs
+import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -10,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from tokenmill.errors import TokenmillError
-from tokenmill.explorer.stages import model_folder
+from tokenmill.explorer.stages import model_folder, model_folders
 
 MAX_TEXT_CHARS = 20_000  # the tokenizer box
 MAX_ATTENTION_TOKENS = 48  # a heat-map with more rows cannot be read
+COMPARE_TOKENS = 32  # new tokens per answer in the comparison of models
+COMPARE_TEMPERATURE = 0.8
 MAX_GRID_BLOCKS = 2048  # KV-cache blocks drawn one by one; a bigger pool is shown as a bar
 
 
@@ -24,6 +28,23 @@ def token_pieces(tokenizer, ids: list[int]) -> list[dict]:
     return [{"id": i, "text": decoder.decode(tokenizer.token_bytes(i))} for i in ids]
 
 
+def loss_strip(tokenizer, model, text: str) -> dict | None:
+    """Each token's loss (nats) under `model` after the tokens before it, up to its context."""
+    from tokenmill.model.scoring import score
+
+    ids = tokenizer.encode(text)
+    if tokenizer.bos_id is not None:
+        ids = [tokenizer.bos_id, *ids]
+    ids = ids[: model.config.context_length + 1]
+    if len(ids) < 2:
+        return None
+    losses = [-lp for lp in score(model, [ids])[0].logprobs]
+    pieces = token_pieces(tokenizer, ids[1:])
+    mean = sum(losses) / len(losses)
+    return {"tokens": [{"text": p["text"], "loss": round(x, 3)} for p, x in zip(pieces, losses)],
+            "mean": round(mean, 3), "perplexity": round(math.exp(mean), 2), "max": round(max(losses), 3)}
+
+
 class Live:
     """Loads the tokenizer and models of one run folder on first use and keeps them."""
 
@@ -32,6 +53,7 @@ class Live:
         self._lock = threading.Lock()
         self._tokenizer = None
         self._models: OrderedDict[str, object] = OrderedDict()
+        self._reward = None  # the run's reward model, loaded on the first comparison
         self._attention: OrderedDict[tuple[str, str], tuple[list[str], np.ndarray]] = OrderedDict()
 
     def tokenizer(self):
@@ -88,6 +110,52 @@ class Live:
             while len(self._attention) > 16:
                 self._attention.popitem(last=False)
             return found
+
+
+    def token_losses(self, key: str, text: str) -> dict | None:
+        """Each token's loss under model `key` (see loss_strip); None when the run has no such model."""
+        if model_folder(self.run_dir, key) is None:
+            return None
+        tok = self.tokenizer()
+        with self._lock:
+            return loss_strip(tok, self._model(key), text[:MAX_TEXT_CHARS])
+
+    def compare(self, prompt: str, max_new_tokens: int = COMPARE_TOKENS, seed: int = 0) -> dict:
+        """`prompt` answered by every model of the run, greedy and sampled, each answer scored by the
+        reward model (06_align/rm) when the run has one."""
+        from tokenmill.align.reward import load_reward_model
+        from tokenmill.align.winrate import sample_and_score
+
+        if not prompt.strip():
+            raise TokenmillError("the prompt is empty")
+        tok = self.tokenizer()
+        rm_dir = self.run_dir / "06_align" / "rm"
+        with self._lock:
+            if self._reward is None and (rm_dir / "model.json").is_file():
+                self._reward = load_reward_model(rm_dir, device="cpu").float()
+            reward = self._reward
+            rows = []
+            for m in model_folders(self.run_dir):
+                model = self._model(m["key"])
+                room = model.config.context_length - max_new_tokens
+                ids = tok.encode_chat([{"role": "user", "content": prompt[:MAX_TEXT_CHARS]}], add_generation_prompt=True).ids
+                if len(ids) > room:
+                    raise TokenmillError(f"the prompt is {len(ids)} tokens; the models answer prompts of at most {room}")
+                row = {"key": m["key"], "label": m["label"]}
+                for name, temperature in (("greedy", 0.0), ("sampled", COMPARE_TEMPERATURE)):
+                    scorer = reward if reward is not None else _no_reward
+                    found = sample_and_score(model, scorer, tok, [ids], max_new_tokens, temperature, seed=seed)
+                    row[name] = {"text": found.responses[0],
+                                 "reward": round(float(found.scores[0]), 3) if reward is not None else None}
+                rows.append(row)
+        return {"prompt": prompt, "temperature": COMPARE_TEMPERATURE, "max_new_tokens": max_new_tokens,
+                "reward_model": reward is not None, "answers": rows}
+
+
+def _no_reward(sequences, attention_mask):
+    import torch
+
+    return torch.zeros(sequences.shape[0])
 
 
 def engine_stats(engine) -> dict:

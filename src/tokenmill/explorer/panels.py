@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tokenmill.explorer.documents import dedup_pairs, redaction_examples
 from tokenmill.explorer.files import read_json
-from tokenmill.explorer.sections import each_figure_once, facts, figure, note, stage_facts, stage_figures, table
+from tokenmill.explorer.ideas import idea
+from tokenmill.explorer.sections import each_figure_once, facts, figure, label, note, stage_facts, stage_figures, table
 from tokenmill.explorer.stages import BLOCKS, block_status, model_folders
 from tokenmill.explorer.training import align_panel, deploy_panel, pretrain_panel
 from tokenmill.figures import human_bytes
@@ -42,17 +43,21 @@ def curate_panel(run_dir: Path) -> list[dict | None]:
     mixture = read_json(folder / "mixture.json", {}) or {}
     sections = [
         stage_facts(run_dir, "02_curate"),
-        facts("documents", [("in", totals.get("docs_in")), ("kept", totals.get("docs_out")),
-                            ("after mixing", mixture.get("docs_after")), ("bytes in", human_bytes(totals.get("bytes_in", 0))),
+        facts("your run", [("documents in", totals.get("docs_in")),
+                           ("documents kept", totals.get("docs_out"),
+                            f"{totals.get('docs_out', 0) / max(totals.get('docs_in', 0), 1):.0%} survived the rules and deduplication"),
+                            ("documents after mixing", mixture.get("docs_after"), "repeats of scarce domains counted"),
+                            ("bytes in", human_bytes(totals.get("bytes_in", 0))),
                             ("bytes kept", human_bytes(totals.get("bytes_out", 0)))]),
+        {"type": "follow", "title": "follow one document through the run"},
         figure(run_dir, "what each filter removed", "02_curate/curation.svg"),
         table("per filter", ["filter", "documents in", "removed", "bytes removed", "reasons"],
               [[b["name"], b.get("docs_in"), b.get("docs_in", 0) - b.get("docs_out", 0),
                 human_bytes(b.get("bytes_in", 0) - b.get("bytes_out", 0)),
-                ", ".join(f"{r.split('.', 1)[-1]} {v.get('docs', 0)}" for r, v in (b.get("removed") or {}).items())]
+                ", ".join(f"{label(r.split('.', 1)[-1])} {v.get('docs', 0)}" for r, v in (b.get("removed") or {}).items())]
                for b in blocks]),
         {"type": "samples", "title": "removed examples, per rule", "groups": [
-            {"title": reason, "count": r.get("docs", 0),
+            {"title": label(reason.replace(".", ": ")), "count": r.get("docs", 0),
              "items": [{"id": s.get("id"), "meta": f"{s.get('source', '')} · {s.get('detail', '')}", "text": s.get("excerpt", "")}
                        for s in r.get("samples", [])]}
             for b in blocks for reason, r in (b.get("removed") or {}).items()]},
@@ -62,7 +67,7 @@ def curate_panel(run_dir: Path) -> list[dict | None]:
                           ("bands", "rows", "candidate_checks", "similar_pairs", "clusters", "dropped")]))
     sections.append({"type": "pairs", "title": "duplicates side by side (removed, kept)", "pairs": dedup_pairs(run_dir)})
     pii = next((b.get("counters", {}) for b in blocks if b["name"] == "pii"), {})
-    sections.append(facts("personal data redacted", [(k.removeprefix("pii."), v) for k, v in pii.items()]))
+    sections.append(facts("personal data redacted", [(k.removeprefix("pii."), v) for k, v in pii.items() if k != "outside_domains"]))
     sections.append({"type": "redactions", "title": "redactions in the curated text", "examples": redaction_examples(run_dir)})
     domains = mixture.get("domains", {})
     if domains:
@@ -85,8 +90,9 @@ def tokenizer_panel(run_dir: Path) -> list[dict | None]:
     splits = encoded.get("splits", {})
     sections = [
         stage_facts(run_dir, "03_tokenizer"),
-        facts("the tokenizer", [("kind", meta.get("kind")), ("vocabulary size", meta.get("vocab_size")),
-                                ("bytes per token", compression.get("all", {}).get("bytes_per_token")),
+        facts("your run", [("kind", meta.get("kind")), ("vocabulary size", meta.get("vocab_size")),
+                                ("bytes per token", compression.get("all", {}).get("bytes_per_token"),
+                                 "how much text one token carries: more means the model sees more per step"),
                                 ("encoder", meta.get("encoder")), ("hash", meta.get("hash")),
                                 ("training tokens", splits.get("train", {}).get("tokens")),
                                 ("validation tokens", splits.get("val", {}).get("tokens"))]),
@@ -115,8 +121,11 @@ def architecture_panel(run_dir: Path) -> list[dict | None]:
         stage_facts(run_dir, "04_model"),
         {"type": "architecture", "title": "the architecture (model.json)", "config": model_config(run_dir),
          "preset": params.get("preset"), "attention": params.get("attention")},
-        facts("parameters and compute", [("total", counts.get("total")), ("embedding", counts.get("embedding")),
-                                         ("non-embedding", counts.get("non_embedding")),
+        facts("your run: parameters and compute", [("parameters in all", counts.get("total")),
+                                         ("in the token embedding", counts.get("embedding"),
+                                          f"{counts.get('embedding', 0) / max(counts.get('total', 0), 1):.0%} of the model: "
+                                          "small models spend much of their size on the vocabulary"),
+                                         ("in the layers", counts.get("non_embedding")),
                                          ("forward FLOPs per token", flops.get("forward")),
                                          ("training FLOPs per token", flops.get("training"))]),
         figure(run_dir, "parameters per role", "04_model/params.svg"),
@@ -141,7 +150,8 @@ def weights_panel(run_dir: Path) -> list[dict | None]:
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         rows.append([m["label"], m["path"], human_bytes(size), (folder / "quantization.json").is_file()])
     return [
-        table("model folders", ["model", "folder", "size", "quantized"], rows),
+        table("your run: model folders", ["model", "folder", "size", "quantized"], rows),
+        {"type": "compare", "title": "compare the models: one prompt, every model", "models": models},
         {"type": "attention", "title": "attention on your prompt", "models": models,
          "layers": config.get("n_layers"), "heads": config.get("n_heads")},
         figure(run_dir, "parameters per role", "04_model/params.svg"),
@@ -159,4 +169,4 @@ def panel(run_dir: Path, number: str, engine_info: dict) -> dict:
         sections = [note(f"not run: {', '.join(b.folders)} is not in this run folder yet")]
     else:
         sections = builders[number](run_dir)
-    return {"number": number, "title": b.title, "status": status, "sections": each_figure_once(sections)}
+    return {"number": number, "title": b.title, "status": status, "sections": each_figure_once([idea(number), *sections])}

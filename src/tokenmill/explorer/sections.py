@@ -1,7 +1,7 @@
 """The pieces a panel is made of: a list of sections the page draws, each a dict of data.
 
-A section has a `type` (facts, chart, figures, table, samples, pairs, redactions, architecture,
-tokenize, attention, engine, chat, note) and that type's fields; the page puts every value into
+A section has a `type` (idea, facts, chart, figures, table, samples, pairs, redactions,
+architecture, tokenize, attention, follow, compare, engine, chat, note) and that type's fields; the page puts every value into
 the document as text. Charts are the stages' own files, named by their path inside the run
 (`file?path=...`); only a chart of a stage still running is drawn by the explorer
 (`chart/NN/NAME.svg`, see progress.py).
@@ -16,8 +16,16 @@ from tokenmill.explorer.files import read_json
 from tokenmill.explorer.stages import stage_status
 
 
-def facts(title: str, items: list[tuple[str, object]]) -> dict:
-    return {"type": "facts", "title": title, "items": [[k, _show(v)] for k, v in items if v is not None]}
+def facts(title: str, items: list[tuple]) -> dict:
+    """Labelled figures: (label, value) or (label, value, reading), the reading one line that says
+    what the figure means; a None value is left out."""
+    return {"type": "facts", "title": title,
+            "items": [[label(k), _show(v), *rest] for k, v, *rest in items if v is not None]}
+
+
+def label(key: str) -> str:
+    """A key of a stats file as words ("docs_in" -> "docs in"): the page never shows a bare key."""
+    return key.replace("_", " ")
 
 
 def chart(title: str, src: str) -> dict:
@@ -35,7 +43,8 @@ def figure(run_dir: Path, title: str, path: str) -> dict | None:
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> dict:
-    return {"type": "table", "title": title, "columns": columns, "rows": [[_show(c) for c in r] for r in rows]}
+    return {"type": "table", "title": title, "columns": [label(c) for c in columns],
+            "rows": [[_show(c) for c in r] for r in rows]}
 
 
 def note(text: str) -> dict:
@@ -57,12 +66,12 @@ def stage_figures(run_dir: Path, folder: str, title: str | None = None) -> dict 
     entry = (read_json(run_dir / "manifest.json", {}) or {}).get("stages", {}).get(folder, {})
     names = entry.get("figures") or sorted(p.name for p in (run_dir / folder).glob("*.svg"))
     files = [f"{folder}/{n}" for n in names if (run_dir / folder / n).is_file()]
-    return {"type": "figures", "title": title or f"figures written by {folder}", "files": files} if files else None
+    return {"type": "figures", "title": title or f"charts the stage drew ({folder})", "files": files} if files else None
 
 
 def stage_facts(run_dir: Path, folder: str) -> dict:
     entry = (read_json(run_dir / "manifest.json", {}) or {}).get("stages", {}).get(folder, {})
-    return facts(f"{folder}", [("status", stage_status(run_dir, folder)), ("wall time (s)", entry.get("wall_time_s")),
+    return facts(f"stage folder {folder}", [("status", stage_status(run_dir, folder)), ("wall time (s)", entry.get("wall_time_s")),
                                ("finished", entry.get("finished_at"))])
 
 

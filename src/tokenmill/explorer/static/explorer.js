@@ -47,10 +47,11 @@ async function start() {
   document.getElementById("run-name").textContent = `run folder: ${run.name}`;
   const nav = document.getElementById("pipeline");
   run.blocks.forEach((block, i) => {
-    if (i > 0) nav.append(el("span", {class: "arrow", "aria-hidden": "true", text: "→"}));
+    if (i > 0) nav.append(handoff(run.handoffs && run.handoffs[i - 1]));
     nav.append(el("button", {
       class: `block status-${block.status.replace(/ /g, "-")}`, "data-block": block.number,
       onclick: () => { location.hash = block.number; },
+      onkeydown: event => moveFocus(event, i),
     },
       el("span", {class: "number", text: block.number}),
       el("span", {class: "title", text: block.title}),
@@ -74,16 +75,39 @@ async function openBlock(number) {
       el("h2", {}, `${panel.number} · ${panel.title} `, el("span", {class: `badge status-${panel.status.replace(/ /g, "-")}`, text: panel.status})));
     for (const section of panel.sections) body.append(render(section));
     main.replaceChildren(body);
+    // On a phone the blocks stack above the panel: bring the panel into view.
+    if (window.matchMedia("(max-width: 700px)").matches) main.scrollIntoView();
   } catch (error) {
     main.replaceChildren(el("p", {class: "error", text: `could not open block ${number}: ${error.message}`}));
   }
+}
+
+// The arrow between two blocks names what the first hands the second: its file, size and count.
+function handoff(h) {
+  if (!h) return el("span", {class: "arrow", "aria-hidden": "true"}, el("span", {class: "arrow-head", text: "→"}));
+  return el("span", {class: "arrow handoff", title: `${h.file}: ${h.size}${h.count ? `, ${h.count}` : ""}`},
+    el("span", {class: "arrow-file", text: h.file}),
+    el("span", {class: "arrow-head", "aria-hidden": "true", text: "→"}),
+    el("span", {class: "arrow-size", text: [h.size, h.count].filter(Boolean).join(" · ")}));
+}
+
+// Left and right arrows (up and down on a phone, where the blocks stack) move between blocks.
+function moveFocus(event, i) {
+  const step = {ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1}[event.key];
+  if (!step) return;
+  const blocks = [...document.querySelectorAll(".block")];
+  const next = blocks[(i + step + blocks.length) % blocks.length];
+  event.preventDefault();
+  next.focus();
 }
 
 // --- sections ----------------------------------------------------------------------------------
 
 const RENDERERS = {
   note: s => el("p", {class: "note", text: s.text}),
-  facts: s => el("dl", {class: "facts"}, s.items.map(([k, v]) => [el("dt", {text: k}), el("dd", {text: v})])),
+  idea: renderIdea,
+  facts: s => el("dl", {class: "facts"}, s.items.map(([k, v, reading]) => [el("dt", {text: k}),
+    el("dd", {}, el("span", {class: "value", text: v}), reading ? el("span", {class: "reading", text: reading}) : null)])),
   chart: s => el("figure", {}, image(`api/${s.src}`, s.title), el("figcaption", {text: s.title})),
   figures: s => el("div", {class: "figures"}, s.files.map(f => image(`api/file?path=${encodeURIComponent(f)}`, f))),
   table: renderTable,
@@ -93,9 +117,116 @@ const RENDERERS = {
   architecture: renderArchitecture,
   tokenize: renderTokenize,
   attention: renderAttention,
+  follow: renderFollow,
+  compare: renderCompare,
   engine: renderEngine,
   chat: renderChat,
 };
+
+function renderIdea(s) {
+  return el("div", {class: "idea"}, el("p", {class: "idea-text", text: s.text}),
+    s.figures.length ? el("div", {class: "scale"}, el("div", {class: "label", text: s.scale_title}),
+      el("dl", {class: "facts"}, s.figures.map(([k, v, reading]) => [el("dt", {text: k}),
+        el("dd", {}, el("span", {class: "value", text: v}), reading ? el("span", {class: "reading", text: reading}) : null)]))) : null);
+}
+
+// Loss 0 nats is white, LOSS_TOP nats and more is full red: what the model finds surprising.
+const LOSS_TOP = 10;
+function lossColor(loss) {
+  const t = Math.min(1, Math.max(0, loss / LOSS_TOP));
+  return `rgb(255, ${Math.round(255 - 170 * t)}, ${Math.round(255 - 200 * t)})`;
+}
+
+function renderFollow() {
+  const query = el("input", {id: "follow-query", type: "search", "aria-label": "search raw documents by id or text", placeholder: "search raw documents by id or text"});
+  const list = el("div", {class: "follow-list", id: "follow-list"});
+  const out = el("div", {class: "follow-out", id: "follow-output"});
+  let latest = 0;  // only the newest search may fill the list, however the answers arrive
+  const searchDocs = async () => {
+    const mine = ++latest;
+    try {
+      const found = await getJSON(`api/documents?q=${encodeURIComponent(query.value)}`);
+      if (mine !== latest) return;
+      list.replaceChildren(...(found.documents.length ? found.documents.map(d => el("button", {
+        class: "doc-choice", "data-id": d.id, onclick: () => showDocument(d.id, out),
+      }, el("strong", {text: d.id}), el("span", {class: "muted", text: ` ${d.source} · ${d.preview.slice(0, 60)}`})))
+        : [el("p", {class: "muted", text: "no raw document matches"})]));
+    } catch (error) { list.replaceChildren(el("p", {class: "error", text: error.message})); }
+  };
+  query.addEventListener("keydown", event => { if (event.key === "Enter") searchDocs(); });
+  searchDocs();
+  return el("div", {}, el("div", {class: "controls"}, query, el("button", {id: "follow-search", onclick: searchDocs, text: "search"})), list, out);
+}
+
+async function showDocument(id, out) {
+  out.replaceChildren(el("p", {class: "muted", text: "following…"}));
+  try {
+    const d = await getJSON(`api/document?id=${encodeURIComponent(id)}`);
+    const step = (title, ...body) => el("div", {class: "step"}, el("h4", {text: title}), ...body);
+    const steps = [step(`1 · raw document (stage 01): ${d.id}`,
+      el("p", {class: "muted", text: `domain ${d.source} · ${d.bytes.toLocaleString()} bytes`}), el("pre", {text: d.raw_text}))];
+    if (d.removed) {
+      steps.push(step("2 · curation (stage 02): removed", el("p", {class: "fate removed", id: "follow-fate"},
+        `Removed by the ${d.removed.block || "?"} rule: ${d.removed.reason}`, d.removed.detail ? ` (${d.removed.detail})` : "",
+        ". It goes no further: no tokens, no weight in the mixture, nothing the model learns from.")));
+    } else {
+      const counts = Object.entries(d.redactions).map(([k, n]) => `${n} ${k}`).join(", ");
+      steps.push(step("2 · curation (stage 02): kept", el("p", {class: "fate kept", id: "follow-fate"},
+        `Kept: it passed every rule${d.changed_by_curation ? ", and curation changed its text" : ", unchanged"}.`),
+        el("p", {class: "muted", text: counts ? `personal data redacted: ${counts}` : "no personal data redacted"}),
+        el("pre", {}, d.curated_segments.map(seg => el("span", seg.pii ? {class: "pii", title: seg.pii} : {}, seg.text)))));
+    }
+    const dup = d.duplicates;
+    steps.push(step("duplicate cluster", el("p", {id: "follow-duplicates", text: dup.kept_copy
+      ? `a copy of ${dup.kept_copy}, which was kept in its place`
+      : dup.removed_count ? `the kept copy of a cluster: ${dup.removed_count} duplicate(s) removed: ${dup.removed_copies.join(", ")}`
+        : "no duplicate of it was found"})));
+    if (d.mixture) {
+      const m = d.mixture;
+      steps.push(step("3 · its weight in the mixture", el("p", {id: "follow-mixture",
+        text: `domain ${d.source}: weight ${m.weight}, seen ${m.repeats}× per epoch; the domain is ${(100 * m.raw_share).toFixed(1)}% of the curated text and ${(100 * m.effective_share).toFixed(1)}% of what the model trains on`})));
+    }
+    if (d.tokens) {
+      steps.push(step("4 · its tokens (stage 03)", el("p", {class: "muted", text: `${d.tokens.count} tokens for ${d.tokens.bytes} bytes (first ${d.raw_text.length} characters)`}),
+        el("div", {class: "tokens", id: "follow-tokens"}, d.tokens.tokens.map((t, i) => {
+          const span = el("span", {class: "token", title: `token ${t.id}`}, t.text);
+          span.style.backgroundColor = TOKEN_COLORS[i % TOKEN_COLORS.length];
+          return span;
+        }))));
+    }
+    if (d.loss) {
+      steps.push(step("5 · how surprising the pre-trained model finds each token (stage 05)",
+        el("p", {class: "muted", text: `mean loss ${d.loss.mean} nats per token (perplexity ${d.loss.perplexity}); darker red is more surprising, up to ${LOSS_TOP} nats; the model reads its first ${d.loss.tokens.length + 1} tokens`}),
+        el("div", {class: "tokens heat", id: "follow-loss"}, d.loss.tokens.map(t => {
+          const span = el("span", {class: "token", title: `${t.loss} nats`}, t.text);
+          span.style.backgroundColor = lossColor(t.loss);
+          return span;
+        }))));
+    }
+    out.replaceChildren(...steps);
+  } catch (error) { out.replaceChildren(el("p", {class: "error", text: error.message})); }
+}
+
+function renderCompare(s) {
+  if (!s.models.length) return el("p", {class: "muted", text: "no model folder yet"});
+  const prompt = el("input", {id: "compare-prompt", type: "text", "aria-label": "prompt for every model", value: "What is the Python function len for?"});
+  const out = el("div", {id: "compare-output"});
+  const run = async () => {
+    out.replaceChildren(el("p", {class: "muted", text: "every model is answering…"}));
+    try {
+      const r = await postJSON("api/compare", {prompt: prompt.value});
+      const score = a => a.reward === null ? "no reward model" : `reward ${a.reward.toFixed(2)}`;
+      out.replaceChildren(
+        el("p", {class: "muted", text: `greedy: the most likely token each time; sampled: temperature ${r.temperature}; at most ${r.max_new_tokens} tokens; ${r.reward_model ? "each answer scored by the run's reward model (higher is preferred)" : "the run has no reward model"}`}),
+        el("div", {class: "compare-grid"}, r.answers.map(a => el("div", {class: "answer", "data-model": a.key},
+          el("h4", {text: a.label}),
+          ["greedy", "sampled"].map(kind => el("div", {class: `answer-${kind}`},
+            el("div", {class: "label", text: `${kind} · ${score(a[kind])}`}), el("pre", {text: a[kind].text || "(no text)"})))))));
+    } catch (error) { out.replaceChildren(el("p", {class: "error", text: error.message})); }
+  };
+  prompt.addEventListener("keydown", event => { if (event.key === "Enter") run(); });
+  return el("div", {}, el("div", {class: "controls"}, prompt, el("button", {id: "compare-button", onclick: run, text: "answer with every model"})), out);
+}
 
 function render(section) {
   const renderer = RENDERERS[section.type];
