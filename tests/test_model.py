@@ -12,7 +12,6 @@ from tokenmill.model import ModelSection, load_model, load_preset, save_model, t
 from tokenmill.model.anatomy import (
     attention_patterns,
     format_breakdown,
-    inspect_stage,
     nearest_tokens,
     role_totals,
     tensor_rows,
@@ -261,7 +260,7 @@ def test_attention_patterns_nearest_tokens_and_inspect_with_weights(tmp_path, ca
         run_cli("inspect", "tiny-gpt2", "--ids", "1,2")
 
 
-def test_inspect_stage_uses_the_tokenizer_when_present(tmp_path):
+def test_inspect_uses_the_tokenizer_when_present(tmp_path, capsys):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     config = load_preset("tiny-gpt2")
@@ -270,11 +269,9 @@ def test_inspect_stage_uses_the_tokenizer_when_present(tmp_path):
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 5, trainers.BpeTrainer(vocab_size=200))
     tokenizer.save(str(tmp_path / "m" / "tokenizer.json"))
-    metrics = inspect_stage(tmp_path / "m", tmp_path / "out", prompt="the quick brown fox")
-    assert metrics["prompt_tokens"] == 4
+    run_cli("inspect", str(tmp_path / "m"), "--prompt", "the quick brown fox", "--nearest", "fox", "--out", str(tmp_path / "out"))
     assert json.loads((tmp_path / "out" / "attention.json").read_text())["tokens"] == ["the", "quick", "brown", "fox"]
-    assert set(json.loads((tmp_path / "out" / "nearest.json").read_text())) == {"the", "quick", "brown", "fox"}
-    assert (tmp_path / "out" / "roles.svg").is_file() and (tmp_path / "out" / "anatomy.json").is_file()
+    assert "nearest to 'fox'" in capsys.readouterr().out
 
 
 # --- stage 04 -----------------------------------------------------------------------------

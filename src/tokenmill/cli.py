@@ -13,6 +13,7 @@ from pathlib import Path
 from tokenmill import __version__
 from tokenmill.align import cli as align_cli
 from tokenmill.align import cli_rl as align_rl_cli
+from tokenmill.cliargs import add_output, add_overrides
 from tokenmill.deploy.quant import cli as quant_cli
 from tokenmill.deploy.serve import cli as serve_cli
 from tokenmill.errors import TokenmillError
@@ -37,8 +38,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", metavar="CONFIG",
                    help="a YAML file, or the name of a config shipped with tokenmill (quickstart, gpt2-small)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set data.sources.0.max_bytes=8000000 (repeatable)")
+    add_overrides(p, "override a config value, e.g. --set data.sources.0.max_bytes=8000000 (repeatable)")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
                    help="re-run from this stage on (name, number or section: 01_data, 01, data)")
     p.add_argument("--to", dest="to_stage", metavar="STAGE", help="stop after this stage")
@@ -90,9 +90,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="'local': the built-in corpus gathered from this machine (see docs/builtin-corpus.md)")
     p.add_argument("--domain", metavar="NAME", help="domain tag for the --input paths (default: by format)")
     p.add_argument("--max-bytes", type=int, metavar="N", help="size cap of the built-in corpus in bytes")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set data.shard_bytes=32000000")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
+    add_overrides(p, "override a config value, e.g. --set data.shard_bytes=32000000")
+    add_output(p)
     p.set_defaults(func=_cmd_data)
 
 

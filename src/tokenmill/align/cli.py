@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from tokenmill.errors import ConfigError
+from tokenmill.cliargs import add_output, add_overrides
+from tokenmill.errors import ConfigError, validation_problems
 
 VERBS = {
     "sft": (
@@ -49,10 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--eval", metavar="DATA", help="held-out data file (default: --eval-fraction of --train)")
         p.add_argument("--eval-fraction", type=float, default=0.05, metavar="F",
                        help="share of --train held out when --eval is not given (default 0.05)")
-        p.add_argument("--output", "-o", required=True, metavar="OUT", help="folder to write (replaced when it exists)")
+        add_output(p, "folder to write (replaced when it exists)", metavar="OUT")
         add_dtype(p)
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"override a {verb} setting, e.g. --set lr=3e-4 --set steps=100 (repeatable)")
+        add_overrides(p, f"override a {verb} setting, e.g. --set lr=3e-4 --set steps=100 (repeatable)")
         p.set_defaults(func=_run, verb=verb)
 
 
@@ -73,12 +73,7 @@ def make_config(cls: type[BaseModel], overrides: list[str], verb: str, dtype: st
     try:
         return cls.model_validate(fields)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"unknown setting '{key}'" if err["type"] == "extra_forbidden" else f"{key}: {message}")
-        raise ConfigError(f"tokenmill {verb}: " + "; ".join(problems)) from None
+        raise ConfigError(f"tokenmill {verb}: " + "; ".join(validation_problems(e, "setting"))) from None
 
 
 def split_held_out(records: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -8,7 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from tokenmill.align.cli import add_dtype
-from tokenmill.errors import ConfigError, TokenmillError
+from tokenmill.cliargs import add_output, add_overrides
+from tokenmill.errors import ConfigError, TokenmillError, validation_problems
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,10 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompts as JSONL/JSON: {'prompt': ...}, {'messages': [...]} ending with a user turn, or Alpaca")
     p.add_argument("--eval-prompts", metavar="FILE",
                    help="held-out prompts for the win rate over SFT (default: eval_prompts held out of --prompts)")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
+    add_output(p)
     add_dtype(p)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a PPO setting, e.g. --set steps=40 --set kl_target=4 --set adaptive_kl=false (repeatable)")
+    add_overrides(p, "a PPO setting, e.g. --set steps=40 --set kl_target=4 --set adaptive_kl=false (repeatable)")
     p.set_defaults(func=_cmd_ppo)
 
     p = sub.add_parser(
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help="model folder to run in process (or give --endpoint)")
     p.add_argument("--prompts", metavar="FILE", help="prompts as JSONL/JSON, in the formats `tokenmill ppo` reads")
-    p.add_argument("--output", "-o", metavar="DIR", help="folder to write into")
+    add_output(p, required=False)
     p.add_argument("--endpoint", metavar="URL", help="an OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--endpoint-model", metavar="NAME", help="the model name the endpoint serves")
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable that holds the endpoint's API key")
@@ -63,8 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--critique-prompt", metavar="FILE", help="the critique request; may use {principle}, {prompt}, {answer}")
     p.add_argument("--revision-prompt", metavar="FILE", help="the revision request; may also use {critique}")
     p.add_argument("--show-defaults", action="store_true", help="print the shipped constitution and requests, and exit")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting, e.g. --set max_prompts=100 --set temperature=0.9 --set endpoint.concurrency=16")
+    add_overrides(p, "a setting, e.g. --set max_prompts=100 --set temperature=0.9 --set endpoint.concurrency=16")
     p.set_defaults(func=_cmd_cai)
 
 
@@ -81,11 +80,7 @@ def section(cls: type[BaseModel], name: str, fields: dict, overrides: list[str])
     try:
         return cls.model_validate(fields)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in (name, *err["loc"]))
-            problems.append(f"unknown key '{key}'" if err["type"] == "extra_forbidden" else f"{key}: {err['msg']}")
-        raise ConfigError(f"invalid {name} settings: " + "; ".join(problems)) from None
+        raise ConfigError(f"invalid {name} settings: " + "; ".join(validation_problems(e, prefix=(name,)))) from None
 
 
 def _cmd_ppo(args: argparse.Namespace) -> int:

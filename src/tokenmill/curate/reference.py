@@ -22,6 +22,7 @@ from pathlib import Path
 import xxhash
 
 from tokenmill.curate.block import FitContext
+from tokenmill.curate.report import sum_domains
 from tokenmill.shards import ShardWriter, read_shards, shard_paths
 from tokenmill.sources.document import Document
 
@@ -53,13 +54,7 @@ def in_held_out(doc_id: str, seed: int, fraction: float) -> bool:
 
 def census(ctx: FitContext) -> dict[str, list[int]]:
     """[documents, bytes] per domain over the whole corpus."""
-    total: dict[str, list[int]] = {}
-    for part in ctx.executor.map(_census_shard, ctx.shards):
-        for domain, (n, b) in part.items():
-            cell = total.setdefault(domain, [0, 0])
-            cell[0] += n
-            cell[1] += b
-    return dict(sorted(total.items()))
+    return sum_domains(ctx.executor.map(_census_shard, ctx.shards))
 
 
 def _census_shard(path: Path) -> dict[str, list[int]]:

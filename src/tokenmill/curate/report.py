@@ -70,6 +70,7 @@ def publish_fit_figures(fits: dict[str, tuple[Path, float]], out_dir: Path) -> l
 
 
 def sum_domains(parts: Any) -> dict[str, list[int]]:
+    """[documents, bytes] per domain, summed over `parts`."""
     total: dict[str, list[int]] = {}
     for part in parts:
         for domain, (n, b) in part.items():

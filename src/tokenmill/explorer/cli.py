@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 from pathlib import Path
 
+from tokenmill.cliargs import add_listen, bound_hosts
 from tokenmill.errors import TokenmillError
 
 
@@ -28,15 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder, e.g. runs/quickstart, or a model folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--api-key", default=os.environ.get("TOKENMILL_EXPLORER_KEY"),
-                   help="require this key on every route (default: $TOKENMILL_EXPLORER_KEY, else none); needed "
-                   "to bind a --host other than loopback. A browser opens the page once as /?key=KEY and keeps "
-                   "a cookie; programs send 'Authorization: Bearer KEY'")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests with this Host header (a name or address, any port; repeatable). "
-                   "Loopback names and the --host address are always allowed")
+    add_listen(p, "TOKENMILL_EXPLORER_KEY", "require this key on every route (default: $TOKENMILL_EXPLORER_KEY, else "
+               "none); needed to bind a --host other than loopback. A browser opens the page once as /?key=KEY and "
+               "keeps a cookie; programs send 'Authorization: Bearer KEY'")
     p.add_argument("--model", metavar="KEY", choices=("quantized", "dpo", "ppo", "sft", "pretrained"),
                    help="which model folder to serve (default: the most downstream one the run has)")
     p.add_argument("--no-serve", action="store_true", help="only the page: serve no model (no chat, no engine)")
@@ -104,8 +98,6 @@ def build_app(run_dir: Path, model_key: str | None = None, serve: bool = True, d
 
 def _cmd_explore(args: argparse.Namespace) -> int:
     import uvicorn
-
-    from tokenmill.deploy.serve.cli import bound_hosts
 
     check_exposure(args.host, args.api_key)
     run_dir = Path(args.run_dir)

@@ -146,33 +146,3 @@ def nearest_tokens(model: Transformer, token_id: int, k: int = 10) -> list[tuple
     sims[token_id] = -2.0  # not itself
     top = sims.topk(min(k, emb.shape[0] - 1))
     return [(int(i), float(s)) for s, i in zip(top.values, top.indices)]
-
-
-def write_breakdown(folder: Path, config: ModelConfig) -> dict:
-    """anatomy.json (every tensor) and roles.svg; returns the per-role totals."""
-    rows = tensor_rows(config)
-    totals = role_totals(rows)
-    write_json(folder / "anatomy.json", {"tensors": rows, "roles": totals, "total": sum(r["params"] for r in rows)})
-    write_text(folder / "roles.svg", roles_chart(totals))
-    return totals
-
-
-def inspect_stage(model_dir: str | Path, out_dir: str | Path, prompt: str | None = None, layer: int = 0, head: int = 0) -> dict:
-    """Stage 07 for a trained model folder: breakdown, attention on a prompt, nearest tokens."""
-    from tokenmill.model.io import load_model
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model = load_model(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    totals = write_breakdown(out_dir, model.config)
-    prompt = prompt or "The quick brown fox jumps over the lazy dog."
-    if tokenizer is not None:
-        ids = tokenizer.encode(prompt).ids[: model.config.context_length]
-    else:
-        ids = [b % model.config.vocab_size for b in prompt.encode()][: model.config.context_length]
-    labels = token_labels(ids, tokenizer)
-    save_attention(out_dir, attention_patterns(model, ids), labels, ids, layer, head)
-    neighbours = {labels[i]: [(token_labels([j], tokenizer)[0], round(s, 4)) for j, s in nearest_tokens(model, ids[i])]
-                  for i in range(min(5, len(ids)))}
-    write_json(out_dir / "nearest.json", neighbours)
-    return {"params": sum(t["params"] for t in totals.values()), "prompt_tokens": len(ids)}

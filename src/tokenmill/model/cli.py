@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from tokenmill.cliargs import add_output, add_overrides
 from tokenmill.errors import TokenmillError
 from tokenmill.model.config import describe_validation_error
 from tokenmill.model.hf_families import FAMILIES
@@ -19,8 +20,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", metavar="NAME", help="a built-in architecture (e.g. llama-7b, tiny-gpt2); an unknown name lists them")
     source.add_argument("--config", metavar="MODEL_JSON", help="a model.json file or a model folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a model.json field, e.g. --set n_layers=4 (repeatable)")
+    add_overrides(p, "override a model.json field, e.g. --set n_layers=4 (repeatable)", "FIELD=VALUE")
 
 
 def _section(args: argparse.Namespace) -> ModelSection:
@@ -50,7 +50,7 @@ def add_model(sub: argparse._SubParsersAction) -> None:
     )
     _add_model_source(p)
     p.add_argument("--vocab-size", type=int, metavar="N", help="the tokenizer's vocabulary size (replaces the preset's)")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
+    add_output(p)
     p.set_defaults(func=_cmd_model)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tokenmill.errors import ConfigError
+from tokenmill.errors import ConfigError, validation_problems
 
 
 class ModelConfig(BaseModel):
@@ -163,15 +163,7 @@ class ModelConfig(BaseModel):
 
 
 def describe_validation_error(error: ValidationError, where: str) -> str:
-    lines = []
-    for e in error.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        message = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            lines.append(f"unknown field '{key}'")
-        else:
-            lines.append(f"{key}: {message}" if key else message)
-    return f"invalid model config {where}: " + "; ".join(lines)
+    return f"invalid model config {where}: " + "; ".join(validation_problems(error, "field"))
 
 
 def make_config(fields: dict[str, Any], where: str = "") -> ModelConfig:

@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tokenmill.errors import ConfigError, TokenmillError
+from tokenmill.cliargs import add_output, add_overrides
+from tokenmill.errors import ConfigError, TokenmillError, validation_problems
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,14 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and its tokenizer unless --tokenizer is given")
     p.add_argument("--tokens", required=True, metavar="DIR", help="token shards written by `tokenmill encode`")
     p.add_argument("--tokenizer", metavar="DIR", help="the tokenizer folder: decodes samples, copied into the model folder")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write into")
+    add_output(p)
     p.add_argument("--work-dir", metavar="DIR", help="where checkpoints and logs go (default: the output folder)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint (any layout may have written it). A checkpoint folder is "
                         "trusted like code (torch.distributed.checkpoint pickles its metadata): resume only from your "
                         "own; one whose files no longer match the SHA-256 digests written when it was saved is refused")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value, e.g. --set pretrain.lr=3e-4 --set model.n_layers=2 (repeatable)")
+    add_overrides(p, "override a value, e.g. --set pretrain.lr=3e-4 --set model.n_layers=2 (repeatable)")
     p.set_defaults(func=_cmd_pretrain)
 
 
@@ -71,12 +71,7 @@ def _pretrain_config(fields: dict):
     try:
         return PretrainConfig.model_validate(fields)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in ("pretrain", *err["loc"]))
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"unknown key '{key}'" if err["type"] == "extra_forbidden" else f"{key}: {message}")
-        raise ConfigError("invalid pretrain config: " + "; ".join(problems)) from None
+        raise ConfigError("invalid pretrain config: " + "; ".join(validation_problems(e, prefix=("pretrain",)))) from None
 
 
 def _model_config(args: argparse.Namespace, section: dict | None):

@@ -159,35 +159,32 @@ class Parallel:
             self.runner.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
 
-    def _pipeline_step(self, x, y, amp) -> torch.Tensor | None:
+    def _run_schedule(self, run, x, y, amp) -> torch.Tensor | None:
+        """`run` (the schedule's step or eval) on this stage: the first feeds x, the last gets the loss."""
         losses: list[torch.Tensor] = []
         with amp():
             if self.first:
-                self.schedule.step(x)
+                run(x)
             elif self.last:
-                self.schedule.step(target=y, losses=losses)
+                run(target=y, losses=losses)
             else:
-                self.schedule.step()
+                run()
+        return torch.stack(losses).mean() if self.last else None
+
+    def _pipeline_step(self, x, y, amp) -> torch.Tensor | None:
+        loss = self._run_schedule(self.schedule.step, x, y, amp)
         if self.tied_group is not None:
             # The embedding (first stage) and the head (last stage) are one parameter: sum their gradients.
             tied = self.tied_copy if self.last else self.model.get_parameter(EMBEDDING)
             dist.all_reduce(tied.grad, group=self.tied_group)
-        return torch.stack(losses).mean() if self.last else None
+        return loss
 
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor, amp) -> torch.Tensor | None:
         if self.schedule is None:
             with amp():
                 return self.loss_fn(self.model(x), y)
-        losses: list[torch.Tensor] = []
-        with amp():
-            if self.first:
-                self.schedule.eval(x)
-            elif self.last:
-                self.schedule.eval(target=y, losses=losses)
-            else:
-                self.schedule.eval()
-        return torch.stack(losses).mean() if self.last else None
+        return self._run_schedule(self.schedule.eval, x, y, amp)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from tokenmill.atomic import atomic_dir
+from tokenmill.cliargs import add_output
 from tokenmill.errors import TokenmillError
 from tokenmill.shards import shard_paths
 
@@ -80,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="FILE", help="mixture.json of stage 02, or a JSON {domain: weight}")
     p.add_argument("--sample-bytes", type=int, metavar="N", help="bytes of text to train on (default 200,000,000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the document draw (default 0)")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write the tokenizer to")
+    add_output(p, "folder to write the tokenizer to")
     p.set_defaults(func=_cmd_train)
 
     p = verbs.add_parser(
@@ -96,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="a folder written by `tokenmill tokenizer train`")
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", required=True, metavar="PATH", help=INPUT_HELP)
     p.add_argument("--stats-bytes", type=int, default=2_000_000, metavar="N", help="bytes measured per domain")
-    p.add_argument("--output", "-o", metavar="DIR", help="where to write the statistics (default: the tokenizer folder)")
+    add_output(p, "where to write the statistics (default: the tokenizer folder)", required=False)
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser(
@@ -113,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", required=True, metavar="DIR",
                    help="a folder written by `tokenmill tokenizer train`, or a model folder with its tokenizer files")
     p.add_argument("--input", dest="inputs", action="extend", nargs="+", required=True, metavar="PATH", help=INPUT_HELP)
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to write token shards to")
+    add_output(p, "folder to write token shards to")
     p.add_argument("--workers", type=int, metavar="N", help="encoding processes (default: one per core)")
     p.add_argument("--val-fraction", type=float, metavar="F", help="share of documents for validation (default 0.01)")
     p.add_argument("--dtype", choices=["auto", "uint16", "uint32"], help="token id type (default auto)")

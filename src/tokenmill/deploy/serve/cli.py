@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from tokenmill.cliargs import add_listen, bound_hosts
 from tokenmill.device import DTYPE_NAMES, dtype_named
 from tokenmill.errors import TokenmillError
 
@@ -24,14 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("model_dir", metavar="MODEL_DIR", help="model folder, e.g. runs/demo/05_pretrain/model")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="also answer requests with this Host header (a name or address, any port; repeatable). "
-                   "Loopback names and the --host address are always allowed")
-    p.add_argument("--api-key", default=os.environ.get("TOKENMILL_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on every route but /health "
-                   "(default: $TOKENMILL_API_KEY, else none)")
+    add_listen(p, "TOKENMILL_API_KEY", "require 'Authorization: Bearer KEY' on every route but /health "
+               "(default: $TOKENMILL_API_KEY, else none)")
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the model's name in the API (default: the folder's name)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, when MODEL_DIR holds no tokenizer")
@@ -64,11 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     overload.add_argument("--request-timeout", type=float, default=600.0, metavar="SECONDS",
                           help="from a request's arrival to its last token (default 600; 0: no limit)")
     p.set_defaults(func=_cmd_serve)
-
-
-def bound_hosts(host: str, allowed: list[str]) -> list[str]:
-    """The Host names to answer besides loopback: the address bound (unless it is every address) and `allowed`."""
-    return ([host] if host not in ("0.0.0.0", "::", "") else []) + allowed
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
