@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenmill import __version__
+from tokenmill import __version__, compare
 from tokenmill.align import cli as align_cli
 from tokenmill.align import cli_rl as align_rl_cli
 from tokenmill.deploy.quant import cli as quant_cli
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant_cli.register(sub)
     serve_cli.register(sub)
     explorer_cli.register(sub)
+    compare.register(sub)
     return parser
 
 

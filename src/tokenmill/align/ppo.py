@@ -23,7 +23,6 @@ win rate compares PPO's answers with the SFT model's on held-out prompts, judged
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from tokenmill.align.data import encode_prompts, write_jsonl
 from tokenmill.align.gae import gae, kl_penalised_rewards, masked_mean, whiten
 from tokenmill.align.logprobs import gather_logprobs
 from tokenmill.align.reward import load_reward_model
+from tokenmill.align.tracking import MetricsLog
 from tokenmill.align.train import WEIGHTS_DTYPES
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json, write_text
@@ -270,15 +270,14 @@ def train_ppo(
     metrics: list[dict] = []
     order = random.Random(config.seed)
     pool: list[list[int]] = []
-    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as log:
+    with MetricsLog(out_dir, config.logging.backends, prefix="ppo") as log:
         for step in tqdm(range(1, config.steps + 1), desc="ppo", unit="step"):
             if len(pool) < config.batch_size:
                 pool += order.sample(train, len(train))
             batch, pool = pool[: config.batch_size], pool[config.batch_size :]
             record = {"step": step, **trainer.step(batch)}
             metrics.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(record)
 
     # The method's folder is itself a model folder, like those of SFT and DPO.
     save_model(trainer.model.policy, out_dir)

@@ -3,14 +3,13 @@
 Each method supplies its batches and a loss function returning (loss, figures); this loop
 does the rest as pre-training does it — AdamW with decay on matrices only, warmup and cosine
 learning rate (`tokenmill.pretrain.optim`, `.schedule`), clipping by the global gradient
-norm — and logs one `metrics.jsonl` line per step, with the held-out figures every
+norm — and logs one `metrics.jsonl` line per step (and to the trackers of `logging.backends`), with the held-out figures every
 `eval_every` steps and at the end. A step whose gradient norm is not finite (NaN or ±inf) is
 not applied: its line says `"skipped": true`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -23,6 +22,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from tokenmill.align.config import TrainConfig
+from tokenmill.align.tracking import MetricsLog
 from tokenmill.atomic import write_text
 from tokenmill.device import autocast, autocast_dtype, pick_device
 from tokenmill.figures import line_chart
@@ -93,7 +93,7 @@ def optimize(
     order = schedule(len(batches), config.total_steps(len(batches)), config.seed)
     metrics: list[dict] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")
+    log = MetricsLog(out_dir, config.logging.backends, prefix=desc)
     start = time.perf_counter()
     model.train()
     try:
@@ -128,8 +128,7 @@ def optimize(
                 record.update(held_out(model, evaluate, config, device))
             record["elapsed_s"] = round(time.perf_counter() - start, 3)
             metrics.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(record)
     finally:
         log.close()
         model.eval()
