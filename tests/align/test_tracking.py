@@ -57,9 +57,9 @@ def test_align_logging_reaches_every_method_that_does_not_set_its_own():
 
 
 def test_training_writes_event_files_with_its_metrics(model_dir, tokenizer, tmp_path):
-    from tokenmill.align.reward import train_reward_model
     from tokenmill.align.config import RewardConfig
     from tokenmill.align.data import Preference
+    from tokenmill.align.reward import train_reward_model
 
     pairs = [Preference(prompt=[{"role": "user", "content": f"q{i}"}], chosen=f"good {i}", rejected="bad")
              for i in range(8)]

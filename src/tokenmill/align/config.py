@@ -74,7 +74,7 @@ class LoraConfig(BaseModel):
     alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha/rank")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
     targets: list[str] = Field(
-        default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"],
+        default_factory=lambda: ["wqkv", "wo", "w1", "w2", "w3"],
         description="names of the linear layers to adapt (the last part of their module name)",
     )
 

@@ -29,6 +29,7 @@ from tokenmill.align.train import amp, held_out, load_for_training, optimize, wr
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, save_model
+from tokenmill.model.lora import adapters_disabled, has_lora, merge_lora
 from tokenmill.model.transformer import Transformer
 
 
@@ -78,7 +79,8 @@ class DpoObjective:
         device: torch.device,
         reference: Transformer | None = None,
     ) -> None:
-        """`reference` defaults to a frozen copy of the policy as it is now (the SFT model)."""
+        """`reference` defaults to a frozen copy of the policy as it is now (the SFT model); a policy
+        with low-rank adapters is its own reference with the adapters switched off."""
         self.policy, self.config, self.device = policy, config, device
         self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.reference: Transformer | None = None
@@ -91,6 +93,8 @@ class DpoObjective:
             with torch.no_grad(), amp(config, device):
                 self.stored = {id(b): pair_logps(scorer, b.to(device)) for b in batches}
             scorer.train(was_training)
+        elif reference is None and has_lora(policy):
+            self.reference = policy
         else:
             self.reference = (reference if reference is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
 
@@ -99,6 +103,13 @@ class DpoObjective:
             if id(key) not in self.stored:
                 raise TokenmillError("reference log-probs were precomputed for other batches")
             return self.stored[id(key)]
+        if self.reference is self.policy:  # LoRA: the base weights are the reference
+            was_training = self.policy.training
+            self.policy.eval()
+            with torch.no_grad(), adapters_disabled(self.policy):
+                logps = pair_logps(self.policy, batch)
+            self.policy.train(was_training)
+            return logps
         with torch.no_grad():
             return pair_logps(self.reference, batch)
 
@@ -153,7 +164,7 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
 
         before = held_out(policy, evaluate, config, device) if eval_batches else {}
         metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo")
-        save_model(policy, tmp)
+        save_model(merge_lora(policy), tmp)
         copy_tokenizer(sft_dir, tmp)
         charts = write_charts(tmp, f"DPO ({config.loss})", metrics, {
             "loss": (["loss", "eval_loss"], "DPO loss (nats per pair)"),

@@ -47,6 +47,7 @@ from tokenmill.errors import TokenmillError
 from tokenmill.figures import line_chart
 from tokenmill.model.generate import Generation, generate
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
+from tokenmill.model.lora import apply_lora, merge_lora
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
@@ -250,6 +251,8 @@ def train_ppo(
     if Tokenizer.load(rm_dir).hash != tokenizer.hash:
         raise TokenmillError(f"the reward model in {rm_dir} was trained with another tokenizer than the policy in {sft_dir}")
     policy = load_model(sft_dir, device=device, dtype=WEIGHTS_DTYPES[config.dtype])
+    if config.lora is not None:
+        apply_lora(policy, **config.lora.model_dump())
     reward_model = load_reward_model(rm_dir, device=device)
     room = policy.config.context_length - config.max_new_tokens
     ids, too_long = encode_prompts(tokenizer, prompts, room)
@@ -280,7 +283,7 @@ def train_ppo(
             log.write(record)
 
     # The method's folder is itself a model folder, like those of SFT and DPO.
-    save_model(trainer.model.policy, out_dir)
+    save_model(merge_lora(trainer.model.policy), out_dir)
     copy_tokenizer(sft_dir, out_dir)
     after = sample_and_score(trainer.model.policy, reward_model, tokenizer, held, config.max_new_tokens,
                              config.temperature, seed=config.seed) if held else None

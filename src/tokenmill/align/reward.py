@@ -28,6 +28,7 @@ from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, load_model, save_model, write_weights
+from tokenmill.model.lora import merge_lora
 from tokenmill.model.transformer import Transformer
 
 HEAD = "reward_head.safetensors"
@@ -142,6 +143,7 @@ def train_reward_model(
     with atomic_dir(out_dir) as tmp:
         before = held_out(model, evaluate, config, device)
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "rm")
+        merge_lora(model.backbone)
         save_reward_model(model, tmp, sft_dir)
         charts = write_charts(tmp, "reward model", metrics, {
             "loss": (["loss", "eval_loss"], "-log σ(r chosen - r rejected) (nats per pair)"),

@@ -24,6 +24,7 @@ from tokenmill.align.train import amp, held_out, load_for_training, optimize, wr
 from tokenmill.atomic import atomic_dir, write_json
 from tokenmill.model.generate import fit_context, generate
 from tokenmill.model.io import copy_tokenizer, save_model
+from tokenmill.model.lora import merge_lora
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
@@ -88,7 +89,7 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
 
         before = held_out(model, evaluate, config, device) if eval_batches else {}
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "sft")
-        save_model(model, tmp)
+        save_model(merge_lora(model), tmp)
         copy_tokenizer(base_dir, tmp)
         charts = write_charts(tmp, "SFT", metrics, {
             "loss": (["loss", "eval_loss"], "cross-entropy (nats per answer token)"),

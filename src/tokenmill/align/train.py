@@ -27,6 +27,7 @@ from tokenmill.atomic import write_text
 from tokenmill.device import autocast, autocast_dtype, pick_device
 from tokenmill.figures import line_chart
 from tokenmill.model.io import load_model
+from tokenmill.model.lora import apply_lora
 from tokenmill.model.transformer import Transformer
 from tokenmill.pretrain.optim import build_optimizer, clip_grads, decayed_names, grad_norm_squared, set_lr
 from tokenmill.pretrain.schedule import lr_at
@@ -37,10 +38,13 @@ WEIGHTS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def load_for_training(config: TrainConfig, model_dir: Path) -> tuple[torch.device, Tokenizer, Transformer, int]:
     """What SFT, the reward model and DPO start from: the device, the seed set, the tokenizer and
-    the model of `model_dir` in `config.dtype`, and the sequence length (config.seq_len within the model's context)."""
+    the model of `model_dir` in `config.dtype` (frozen, with low-rank adapters, under `config.lora`),
+    and the sequence length (config.seq_len within the model's context)."""
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     model = load_model(model_dir, device=device, dtype=WEIGHTS_DTYPES[config.dtype])
+    if config.lora is not None:
+        apply_lora(model, **config.lora.model_dump())
     context = model.config.context_length
     return device, Tokenizer.load(model_dir), model, min(config.seq_len or context, context)
 
