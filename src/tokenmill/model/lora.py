@@ -37,10 +37,12 @@ class LoraLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The CPU's int8/int4 kernels quantize the input and pass no gradient back to it: while
-        # training, a quantized base multiplies by its dequantized weight instead.
-        if isinstance(self.base, QuantLinear) and torch.is_grad_enabled():
-            return F.linear(x, self.base.dequantize(x.dtype), self.base.bias)
+        # The CPU's int8/int4 kernels quantize the input and pass no gradient back to it: a
+        # quantized base multiplies by its dequantized weight instead — also without gradients, so
+        # that DPO's reference (adapters off) sees exactly the weights the policy starts from.
+        if isinstance(self.base, QuantLinear):
+            bias = None if self.base.bias is None else self.base.bias.to(x.dtype)
+            return F.linear(x, self.base.dequantize(x.dtype), bias)
         return self.base(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
