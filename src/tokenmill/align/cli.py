@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 from pathlib import Path
 
@@ -119,6 +120,18 @@ def _run(args: argparse.Namespace) -> int:
         train_set, eval_set = records, load(args.eval)
     else:
         train_set, eval_set = split_held_out(records, args.eval_fraction, config.seed)
-    summary = train(config, Path(args.model), train_set, eval_set, Path(args.output))
-    print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2))
+    try:
+        summary = train(config, Path(args.model), train_set, eval_set, Path(args.output))
+    finally:
+        end_processes()
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, every process trained the same replica
+        print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2))
     return 0
+
+
+def end_processes() -> None:
+    """Leave torchrun's process group, when training joined one."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -25,12 +25,13 @@ from tokenmill.align.config import DpoConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.logprobs import token_logprobs
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
-from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.align.train import amp, held_out, load_for_training, optimize, output_dir, write_charts
+from tokenmill.atomic import write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, save_model
 from tokenmill.model.lora import adapters_disabled, has_lora, merge_lora
 from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.distributed import init_data_parallel
 
 
 def dpo_loss(
@@ -149,6 +150,9 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
     the summary (eval_accuracy: held-out preference accuracy)."""
     start = time.perf_counter()
     device, tokenizer, policy, seq_len = load_for_training(config, sft_dir)
+    if config.precompute_ref and init_data_parallel(config.device).world > 1:
+        raise TokenmillError("dpo: precompute_ref works in one process; under torchrun the reference stays in memory "
+                             "(or use LoRA, whose reference costs no memory)")
     batches, eval_batches, counts = preference_batches(
         tokenizer, train, eval, seq_len, config.batch_size, config.group_by_length
     )
@@ -158,12 +162,12 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
         loss, figures = objective(batch)
         return loss, {k: v.float().mean().item() for k, v in figures.items()}
 
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, config) as tmp:
         def evaluate() -> dict[str, float]:
             return held_out_figures(objective, eval_batches)
 
         before = held_out(policy, evaluate, config, device) if eval_batches else {}
-        metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo")
+        metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo", paired=True)
         save_model(merge_lora(policy), tmp)
         copy_tokenizer(sft_dir, tmp)
         charts = write_charts(tmp, f"DPO ({config.loss})", metrics, {

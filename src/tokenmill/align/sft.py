@@ -20,8 +20,8 @@ from tokenmill.align.config import SftConfig
 from tokenmill.align.data import Conversation
 from tokenmill.align.logprobs import labelled_logits
 from tokenmill.align.packing import Batch, Example, make_batches, truncate
-from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
-from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.align.train import amp, held_out, load_for_training, optimize, output_dir, write_charts
+from tokenmill.atomic import write_json
 from tokenmill.model.generate import fit_context, generate
 from tokenmill.model.io import copy_tokenizer, save_model
 from tokenmill.model.lora import merge_lora
@@ -83,7 +83,7 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
         loss, accuracy = sft_loss(model, batch.to(device))
         return loss, {"token_accuracy": accuracy.item()}
 
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, config) as tmp:
         def evaluate() -> dict[str, float]:
             return held_out_figures(model, eval_batches, device)
 
