@@ -70,7 +70,7 @@ def test_a_pair_batch_is_shared_by_pairs_and_a_row_batch_by_tokens():
     mask = torch.tensor([[0, 1]] * 6)
     pairs = Batch(ids, mask, torch.ones_like(ids), None)
     first, share = shard(pairs, 0, 2, paired=True)
-    assert first.input_ids[:, 0].tolist() == [0, 2, 8, 10] and share == 2 / 3  # pairs 0 and 1, chosen then rejected
+    assert first.input_ids[:, 0].tolist() == [0, 2, 6, 8] and share == 2 / 3  # pairs 0 and 1, chosen then rejected
     rows = Batch(ids[:3], torch.tensor([[1, 1], [0, 1], [0, 0]]), torch.ones_like(ids[:3]), None)
     last, share = shard(rows, 1, 2, paired=False)
     assert last.input_ids[:, 0].tolist() == [4] and share == 0.0  # the third row, with no target token
