@@ -58,12 +58,14 @@ def load_for_training(config: TrainConfig, model_dir: Path) -> tuple[torch.devic
 def output_dir(out_dir: Path, config: TrainConfig) -> Iterator[Path]:
     """Where a method writes: `out_dir`, replaced whole when done (atomic_dir), by the first process;
     a scratch folder, dropped, by the others under torchrun (they train the same replica)."""
-    if init_data_parallel(config.device).is_main:
+    d = init_data_parallel(config.device)
+    if d.is_main:
         with atomic_dir(out_dir) as tmp:
             yield tmp
     else:
         with tempfile.TemporaryDirectory() as tmp:
             yield Path(tmp)
+    d.barrier()  # the folder is in place before any process reads it (the next method starts from it)
 
 
 def amp(config: TrainConfig, device: torch.device):
