@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenmill import __version__
+from tokenmill import __version__, compare
 from tokenmill.align import cli as align_cli
 from tokenmill.align import cli_rl as align_rl_cli
 from tokenmill.cliargs import add_output, add_overrides
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant_cli.register(sub)
     serve_cli.register(sub)
     explorer_cli.register(sub)
+    compare.register(sub)
     return parser
 
 

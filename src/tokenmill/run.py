@@ -4,11 +4,18 @@ A stage writes into a temporary folder that is renamed into place only when the 
 succeeds, and the manifest marks it done only after that; so a run killed at any moment
 leaves nothing half-written that the next run would trust, and the next run resumes at the
 first stage that is not done.
+
+Under torchrun (`torchrun --nproc_per_node N -m tokenmill run CONFIG`) every process runs this
+loop: the first process decides what runs and keeps the run folder; pre-training and alignment
+(SFT, RM and DPO data-parallel; PPO, CAI and the win rates on the first process) run on every
+process, into the same stage folder; every other stage runs on the first process while the
+others wait at a barrier.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -212,6 +219,10 @@ STAGES: list[Stage] = [
 ]
 
 
+# The stages every torchrun process runs; the others run on the first process alone.
+EVERY_PROCESS = {"05_pretrain", "06_align"}
+
+
 # The stages `tokenmill data` runs.
 DATA_STAGES = ("01_data", "02_curate")
 
@@ -236,6 +247,24 @@ def run_pipeline(
     if first > last:
         raise TokenmillError(f"--from {from_stage} comes after --to {to_stage}")
     run = RunFolder(config.resolved_run_dir())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from tokenmill.pretrain.distributed import init_data_parallel
+
+        d = init_data_parallel(config.pretrain.device)
+        if not d.is_main:
+            try:
+                return _follow(config, run, d)
+            finally:
+                d.close()
+        try:
+            return _pipeline(config, run, first, last, from_stage, log, d)
+        finally:
+            d.broadcast(None)  # the first process's last word: the followers stop
+            d.close()
+    return _pipeline(config, run, first, last, from_stage, log)
+
+
+def _pipeline(config: RunConfig, run: RunFolder, first: int, last: int, from_stage: str | None, log: TextIO, d=None) -> RunFolder:
     for stale in run.prepare():
         print(f"removed unfinished {stale.name} left by an interrupted run", file=log)
     write_text(run.root / "config.yaml", to_yaml(config))
@@ -261,7 +290,11 @@ def run_pipeline(
         start = time.perf_counter()
         try:
             with atomic_dir(run.stage_dir(stage.name)) as tmp:
+                if d is not None and stage.name in EVERY_PROCESS:
+                    d.broadcast((stage.name, str(tmp)))  # the followers join in, writing into the same folder
                 result = stage.run(config, tmp, run)
+                if d is not None and stage.name in EVERY_PROCESS:
+                    d.barrier()
         except BaseException as e:
             run.mark_failed(stage.name, f"{type(e).__name__}: {e}", time.perf_counter() - start)
             raise
@@ -272,4 +305,15 @@ def run_pipeline(
     rows = summary_rows(run, [s.name for s in STAGES[: last + 1]], ran)
     write_json(run.root / "summary.json", rows)
     print(format_summary(rows), file=log)
+    return run
+
+
+def _follow(config: RunConfig, run: RunFolder, d) -> RunFolder:
+    """A torchrun process other than the first: run each stage of EVERY_PROCESS in the folder the
+    first process names, until it says the pipeline is over (None)."""
+    stages = {s.name: s for s in STAGES}
+    while (task := d.broadcast(None)) is not None:
+        name, folder = task
+        stages[name].run(config, Path(folder), run)
+        d.barrier()
     return run

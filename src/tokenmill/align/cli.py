@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 from pathlib import Path
 
@@ -59,17 +60,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"],
                    help="the weights' dtype in training (the `dtype` setting): bf16 halves the memory of a large open model")
+    p.add_argument("--lora-rank", type=int, metavar="R",
+                   help="train low-rank adapters of rank R instead of every weight (the `lora` setting; "
+                   "--set lora.alpha=..., lora.dropout=..., lora.targets=[...] for the rest), merged when saved")
 
 
-def make_config(cls: type[BaseModel], overrides: list[str], verb: str, dtype: str | None = None) -> BaseModel:
-    from tokenmill.overrides import parse_override
+def make_config(cls: type[BaseModel], overrides: list[str], verb: str, dtype: str | None = None,
+                lora_rank: int | None = None) -> BaseModel:
+    from tokenmill.overrides import apply_override, parse_override
 
-    fields = {} if dtype is None else {"dtype": dtype}
+    fields: dict = {} if dtype is None else {"dtype": dtype}
+    if lora_rank is not None:
+        fields["lora"] = {"rank": lora_rank}
     for item in overrides:
         keys, value = parse_override(item)
         if keys[0] == verb and len(keys) > 1:  # `--set sft.lr=...` reads the same
             keys = keys[1:]
-        fields[".".join(keys)] = value
+        apply_override(fields, keys, value)  # `--set lora.rank=16` sets a nested setting
     try:
         return cls.model_validate(fields)
     except ValidationError as e:
@@ -102,12 +109,24 @@ def _run(args: argparse.Namespace) -> int:
         from tokenmill.align.dpo import DpoConfig as config_class
         from tokenmill.align.dpo import train_dpo as train
         load = load_preferences
-    config = make_config(config_class, args.overrides, args.verb, args.dtype)
+    config = make_config(config_class, args.overrides, args.verb, args.dtype, args.lora_rank)
     records = load(args.train)
     if args.eval:
         train_set, eval_set = records, load(args.eval)
     else:
         train_set, eval_set = split_held_out(records, args.eval_fraction, config.seed)
-    summary = train(config, Path(args.model), train_set, eval_set, Path(args.output))
-    print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2))
+    try:
+        summary = train(config, Path(args.model), train_set, eval_set, Path(args.output))
+    finally:
+        end_processes()
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, every process trained the same replica
+        print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2))
     return 0
+
+
+def end_processes() -> None:
+    """Leave torchrun's process group, when training joined one."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -87,7 +87,10 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     from tokenmill.align.data import load_prompts
     from tokenmill.align.ppo import PpoConfig, train_ppo
 
-    config = section(PpoConfig, "ppo", {} if args.dtype is None else {"dtype": args.dtype}, args.overrides)
+    fields = {} if args.dtype is None else {"dtype": args.dtype}
+    if args.lora_rank is not None:
+        fields["lora"] = {"rank": args.lora_rank}
+    config = section(PpoConfig, "ppo", fields, args.overrides)
     held = load_prompts(args.eval_prompts) if args.eval_prompts else None
     summary = train_ppo(config, Path(args.sft_dir), Path(args.rm), load_prompts(args.prompts), Path(args.output), held)
     print(f"{summary['steps']} PPO steps in {summary['seconds']:.1f} s: reward {summary['reward_first_quarter']:.3f} "

@@ -53,6 +53,32 @@ class EndpointConfig(BaseModel):
 WeightsDtype = Literal["fp32", "bf16"]
 
 
+class LoggingConfig(BaseModel):
+    """Where per-step figures go besides metrics.jsonl (docs/alignment.md, "Comparing runs")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backends: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="tensorboard: event files in each method's tensorboard/ folder; wandb, trackio: when installed.",
+    )
+
+
+class LoraConfig(BaseModel):
+    """Low-rank adapters (Hu et al., 2021) instead of full fine-tuning: W + (alpha/rank)·B·A on the
+    target linear layers, the rest frozen; merged into W when the model folder is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, gt=0, description="r, the adapters' inner dimension")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha/rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input")
+    targets: list[str] = Field(
+        default_factory=lambda: ["wqkv", "wo", "w1", "w2", "w3"],
+        description="names of the linear layers to adapt (the last part of their module name)",
+    )
+
+
 class TrainConfig(OptimConfig):
     """What every alignment trainer shares: budget, batch, precision, and pre-training's optimizer
     and schedule keys (OptimConfig) with defaults for fine-tuning."""
@@ -74,6 +100,8 @@ class TrainConfig(OptimConfig):
     eval_every: int = Field(50, gt=0, description="Held-out figures every N steps (and at the end).")
     seed: int = 0
     device: DeviceChoice = "auto"
+    lora: LoraConfig | None = Field(None, description="Train low-rank adapters instead of every weight; null: full.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     def total_steps(self, batches_per_epoch: int) -> int:
         return self.steps or max(1, round(self.epochs * batches_per_epoch))
@@ -148,6 +176,8 @@ class PpoConfig(BaseModel):
     eval_prompts: int = Field(64, ge=0, description="held-out prompts for the win rate over the SFT model")
     seed: int = 0
     device: DeviceChoice = "auto"
+    lora: LoraConfig | None = Field(None, description="low-rank adapters on the policy instead of every weight")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
 class CaiConfig(BaseModel):
@@ -200,9 +230,16 @@ class AlignConfig(BaseModel):
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     ppo: PpoConfig = Field(default_factory=PpoConfig)
     cai: CaiConfig = Field(default_factory=CaiConfig)
+    lora: LoraConfig | None = Field(None, description="Low-rank adapters for SFT, RM, DPO and PPO (a method's own `lora` wins).")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _check(self) -> AlignConfig:
+        # The section-wide settings reach every method that does not set its own.
+        for method in (self.sft, self.rm, self.dpo, self.ppo):
+            for key in ("lora", "logging"):
+                if key in self.model_fields_set and key not in method.model_fields_set:
+                    setattr(method, key, getattr(self, key))
         if "ppo" in self.methods and "rm" not in self.methods:
             raise ValueError("methods: ppo needs rm (the reward model it optimises against)")
         if self.deploy != "sft" and self.deploy not in self.methods:

@@ -25,11 +25,13 @@ from tokenmill.align.config import DpoConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.logprobs import token_logprobs
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
-from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.align.train import amp, held_out, load_for_training, optimize, output_dir, write_charts
+from tokenmill.atomic import write_json
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, save_model
+from tokenmill.model.lora import adapters_disabled, has_lora, merge_lora
 from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.distributed import init_data_parallel
 
 
 def dpo_loss(
@@ -78,7 +80,8 @@ class DpoObjective:
         device: torch.device,
         reference: Transformer | None = None,
     ) -> None:
-        """`reference` defaults to a frozen copy of the policy as it is now (the SFT model)."""
+        """`reference` defaults to a frozen copy of the policy as it is now (the SFT model); a policy
+        with low-rank adapters is its own reference with the adapters switched off."""
         self.policy, self.config, self.device = policy, config, device
         self.stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.reference: Transformer | None = None
@@ -91,6 +94,8 @@ class DpoObjective:
             with torch.no_grad(), amp(config, device):
                 self.stored = {id(b): pair_logps(scorer, b.to(device)) for b in batches}
             scorer.train(was_training)
+        elif reference is None and has_lora(policy):
+            self.reference = policy
         else:
             self.reference = (reference if reference is not None else copy.deepcopy(policy)).eval().requires_grad_(False)
 
@@ -99,6 +104,13 @@ class DpoObjective:
             if id(key) not in self.stored:
                 raise TokenmillError("reference log-probs were precomputed for other batches")
             return self.stored[id(key)]
+        if self.reference is self.policy:  # LoRA: the base weights are the reference
+            was_training = self.policy.training
+            self.policy.eval()
+            with torch.no_grad(), adapters_disabled(self.policy):
+                logps = pair_logps(self.policy, batch)
+            self.policy.train(was_training)
+            return logps
         with torch.no_grad():
             return pair_logps(self.reference, batch)
 
@@ -138,6 +150,9 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
     the summary (eval_accuracy: held-out preference accuracy)."""
     start = time.perf_counter()
     device, tokenizer, policy, seq_len = load_for_training(config, sft_dir)
+    if config.precompute_ref and init_data_parallel(config.device).world > 1:
+        raise TokenmillError("dpo: precompute_ref works in one process; under torchrun the reference stays in memory "
+                             "(or use LoRA, whose reference costs no memory)")
     batches, eval_batches, counts = preference_batches(
         tokenizer, train, eval, seq_len, config.batch_size, config.group_by_length
     )
@@ -147,13 +162,13 @@ def train_dpo(config: DpoConfig, sft_dir: Path, train: list[Preference], eval: l
         loss, figures = objective(batch)
         return loss, {k: v.float().mean().item() for k, v in figures.items()}
 
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, config) as tmp:
         def evaluate() -> dict[str, float]:
             return held_out_figures(objective, eval_batches)
 
         before = held_out(policy, evaluate, config, device) if eval_batches else {}
-        metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo")
-        save_model(policy, tmp)
+        metrics = optimize(policy, batches, loss_fn, config, evaluate, tmp, "dpo", paired=True)
+        save_model(merge_lora(policy), tmp)
         copy_tokenizer(sft_dir, tmp)
         charts = write_charts(tmp, f"DPO ({config.loss})", metrics, {
             "loss": (["loss", "eval_loss"], "DPO loss (nats per pair)"),

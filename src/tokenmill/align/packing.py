@@ -43,6 +43,24 @@ class Batch:
     def targets(self) -> int:
         return int(self.loss_mask[:, 1:].sum())
 
+    def rows(self, index: torch.Tensor) -> Batch:
+        seg = self.segment_ids[index] if self.segment_ids is not None else None
+        return Batch(self.input_ids[index], self.loss_mask[index], self.attention_mask[index], seg, self.labels[index])
+
+
+def shard(batch: Batch, rank: int, world: int, paired: bool) -> tuple[Batch, float]:
+    """Process `rank`'s share of `batch` under data parallelism, and the share of the loss it carries:
+    a pair batch is split by pairs (each process keeps its chosen rows, then the same pairs'
+    rejected rows) and weighs by pairs, whose losses are means over pairs; any other by rows,
+    weighed by target tokens, whose loss is a mean over tokens. Weighing each process's mean by
+    its share makes the summed gradients those of the whole batch in one process."""
+    n = batch.input_ids.shape[0] // 2 if paired else batch.input_ids.shape[0]
+    mine = torch.tensor_split(torch.arange(n), world)[rank]
+    if paired:
+        return batch.rows(torch.cat([mine, mine + n])), len(mine) / n
+    local = batch.rows(mine)
+    return local, local.targets / max(batch.targets, 1)
+
 
 def truncate(examples: Sequence[Example], seq_len: int) -> tuple[list[Example], int, int]:
     """Examples cut to `seq_len` tokens, those left with nothing to learn dropped; and the counts

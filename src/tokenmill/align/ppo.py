@@ -23,7 +23,6 @@ win rate compares PPO's answers with the SFT model's on held-out prompts, judged
 from __future__ import annotations
 
 import copy
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from tokenmill.align.data import encode_prompts, write_jsonl
 from tokenmill.align.gae import gae, kl_penalised_rewards, masked_mean, whiten
 from tokenmill.align.logprobs import gather_logprobs
 from tokenmill.align.reward import load_reward_model
+from tokenmill.align.tracking import MetricsLog
 from tokenmill.align.train import WEIGHTS_DTYPES
 from tokenmill.align.winrate import sample_and_score, win_rate
 from tokenmill.atomic import write_json, write_text
@@ -47,6 +47,7 @@ from tokenmill.errors import TokenmillError
 from tokenmill.figures import line_chart
 from tokenmill.model.generate import Generation, generate
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
+from tokenmill.model.lora import apply_lora, merge_lora
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
@@ -250,6 +251,8 @@ def train_ppo(
     if Tokenizer.load(rm_dir).hash != tokenizer.hash:
         raise TokenmillError(f"the reward model in {rm_dir} was trained with another tokenizer than the policy in {sft_dir}")
     policy = load_model(sft_dir, device=device, dtype=WEIGHTS_DTYPES[config.dtype])
+    if config.lora is not None:
+        apply_lora(policy, **config.lora.model_dump())
     reward_model = load_reward_model(rm_dir, device=device)
     room = policy.config.context_length - config.max_new_tokens
     ids, too_long = encode_prompts(tokenizer, prompts, room)
@@ -270,18 +273,17 @@ def train_ppo(
     metrics: list[dict] = []
     order = random.Random(config.seed)
     pool: list[list[int]] = []
-    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as log:
+    with MetricsLog(out_dir, config.logging.backends, prefix="ppo") as log:
         for step in tqdm(range(1, config.steps + 1), desc="ppo", unit="step"):
             if len(pool) < config.batch_size:
                 pool += order.sample(train, len(train))
             batch, pool = pool[: config.batch_size], pool[config.batch_size :]
             record = {"step": step, **trainer.step(batch)}
             metrics.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.write(record)
 
     # The method's folder is itself a model folder, like those of SFT and DPO.
-    save_model(trainer.model.policy, out_dir)
+    save_model(merge_lora(trainer.model.policy), out_dir)
     copy_tokenizer(sft_dir, out_dir)
     after = sample_and_score(trainer.model.policy, reward_model, tokenizer, held, config.max_new_tokens,
                              config.temperature, seed=config.seed) if held else None

@@ -23,11 +23,12 @@ from safetensors.torch import load_file
 from tokenmill.align.config import RewardConfig
 from tokenmill.align.data import Preference
 from tokenmill.align.packing import Batch, preference_batches
-from tokenmill.align.train import held_out, load_for_training, optimize, write_charts
-from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.align.train import held_out, load_for_training, optimize, output_dir, write_charts
+from tokenmill.atomic import write_json
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import copy_tokenizer, load_model, save_model, write_weights
+from tokenmill.model.lora import merge_lora
 from tokenmill.model.transformer import Transformer
 
 HEAD = "reward_head.safetensors"
@@ -139,9 +140,10 @@ def train_reward_model(
     def evaluate() -> dict[str, float]:
         return pairwise_figures(model, eval_batches, device)
 
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, config) as tmp:
         before = held_out(model, evaluate, config, device)
-        metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "rm")
+        metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "rm", paired=True)
+        merge_lora(model.backbone)
         save_reward_model(model, tmp, sft_dir)
         charts = write_charts(tmp, "reward model", metrics, {
             "loss": (["loss", "eval_loss"], "-log σ(r chosen - r rejected) (nats per pair)"),

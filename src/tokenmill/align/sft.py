@@ -20,10 +20,11 @@ from tokenmill.align.config import SftConfig
 from tokenmill.align.data import Conversation
 from tokenmill.align.logprobs import labelled_logits
 from tokenmill.align.packing import Batch, Example, make_batches, truncate
-from tokenmill.align.train import amp, held_out, load_for_training, optimize, write_charts
-from tokenmill.atomic import atomic_dir, write_json
+from tokenmill.align.train import amp, held_out, load_for_training, optimize, output_dir, write_charts
+from tokenmill.atomic import write_json
 from tokenmill.model.generate import fit_context, generate
 from tokenmill.model.io import copy_tokenizer, save_model
+from tokenmill.model.lora import merge_lora
 from tokenmill.model.transformer import Transformer
 from tokenmill.tokenizer import Tokenizer
 
@@ -82,13 +83,13 @@ def train_sft(config: SftConfig, base_dir: Path, train: list[Conversation], eval
         loss, accuracy = sft_loss(model, batch.to(device))
         return loss, {"token_accuracy": accuracy.item()}
 
-    with atomic_dir(out_dir) as tmp:
+    with output_dir(out_dir, config) as tmp:
         def evaluate() -> dict[str, float]:
             return held_out_figures(model, eval_batches, device)
 
         before = held_out(model, evaluate, config, device) if eval_batches else {}
         metrics = optimize(model, batches, loss_fn, config, evaluate, tmp, "sft")
-        save_model(model, tmp)
+        save_model(merge_lora(model), tmp)
         copy_tokenizer(base_dir, tmp)
         charts = write_charts(tmp, "SFT", metrics, {
             "loss": (["loss", "eval_loss"], "cross-entropy (nats per answer token)"),

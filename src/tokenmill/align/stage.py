@@ -25,6 +25,7 @@ from tokenmill.compression import TRUNCATION_ERRORS, open_binary
 from tokenmill.device import pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.model.io import load_model
+from tokenmill.pretrain.distributed import init_data_parallel
 from tokenmill.sources.document import SkipLog
 from tokenmill.tokenizer import Tokenizer
 
@@ -81,9 +82,14 @@ def align_stage(config: AlignConfig, pretrained_dir: Path, shard_dirs: list[Path
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
+    # Under torchrun the first process builds the data; SFT, RM and DPO run on every process
+    # (data-parallel), the rest on the first alone, which writes summary.json.
+    d = init_data_parallel(config.sft.device)
     data_dir = out_dir / "data"
-    data_dir.mkdir(parents=True)
-    data = timed("data", prepare_data, config, shard_dirs, data_dir)
+    if d.is_main:
+        data_dir.mkdir(parents=True)
+        data = timed("data", prepare_data, config, shard_dirs, data_dir)
+    d.barrier()
     skips = SkipLog()
     loaded: dict[str, list] = {}
 
@@ -111,6 +117,8 @@ def align_stage(config: AlignConfig, pretrained_dir: Path, shard_dirs: list[Path
     if "dpo" in config.methods:
         summaries["dpo"] = timed("dpo", train_dpo, config.dpo, sft_dir, preferences("pref_train"),
                                  preferences("pref_eval"), out_dir / "dpo")
+    if not d.is_main:
+        return {}
     if "ppo" in config.methods:
         summaries["ppo"] = timed("ppo", train_ppo, config.ppo, sft_dir, out_dir / "rm", prompts("prompts_train"),
                                  out_dir / "ppo", eval_prompts=prompts("prompts_eval"))

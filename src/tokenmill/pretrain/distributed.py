@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from tokenmill.device import pick_device
+from tokenmill.device import DeviceChoice, pick_device
 from tokenmill.errors import TokenmillError
 from tokenmill.pretrain.config import PretrainConfig
 
@@ -109,9 +109,30 @@ def init_distributed(config: PretrainConfig) -> Dist:
         torch.cuda.set_device(device)  # the process's own GPU for collectives and unplaced tensors
     if world == 1:
         return Dist(0, 1, device, degrees, None)
-    owns = not dist.is_initialized()
-    if owns:
-        cuda = device.type == "cuda"
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+    owns = _start_group(device)
     mesh = init_device_mesh(device.type, tuple(degrees[d] for d in MESH_DIMS), mesh_dim_names=MESH_DIMS)
     return Dist(rank, world, device, degrees, mesh, owns)
+
+
+def _start_group(device: torch.device) -> bool:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on the CPU), unless this
+    process already has; whether it was started here."""
+    if dist.is_initialized():
+        return False
+    cuda = device.type == "cuda"
+    dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return True
+
+
+def init_data_parallel(device: DeviceChoice = "auto") -> Dist:
+    """Every process a whole replica, each on its share of every batch (alignment's data parallelism):
+    the processes torchrun started, or one process and no group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    chosen = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    degrees = {"pp": 1, "dp": world, "fsdp": 1, "tp": 1}
+    if world == 1:
+        return Dist(0, 1, chosen, degrees, None)
+    return Dist(rank, world, chosen, degrees, None, _start_group(chosen))
