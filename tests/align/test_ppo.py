@@ -166,7 +166,7 @@ def test_ppo_raises_the_reward_and_keeps_to_the_kl_budget(tiny_tokenizer, adapti
     reward = TokenValueReward(tiny_tokenizer.vocab_size, tiny_tokenizer.assistant_id)
     trainer = PpoTrainer(config, policy, reward, tiny_tokenizer)
     prompts, _ = encode_prompts(tiny_tokenizer, [[{"role": "user", "content": q}] for q in QUESTIONS], 40)
-    history = [trainer.step(prompts * 2) for _ in range(16)]
+    history = [trainer.step(prompts * 2, config.lr) for _ in range(16)]
     first = np.mean([h["reward"] for h in history[:3]])
     last = np.mean([h["reward"] for h in history[-3:]])
     assert last > first + 0.1, (first, last)
@@ -180,6 +180,42 @@ def test_ppo_raises_the_reward_and_keeps_to_the_kl_budget(tiny_tokenizer, adapti
     # The reference never moves.
     for p, q in zip(trainer.reference.parameters(), tiny_model(tiny_tokenizer.vocab_size, context_length=64).parameters()):
         assert torch.equal(p, q)
+
+
+class Affine(nn.Module):
+    """Another reward model's score, scaled and shifted: the same preferences on another scale."""
+
+    def __init__(self, inner: nn.Module, scale: float, shift: float) -> None:
+        super().__init__()
+        self.inner, self.scale, self.shift = inner, scale, shift
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids, attention_mask) * self.scale + self.shift
+
+
+def test_normalized_scores_make_ppo_blind_to_the_reward_models_scale(tiny_tokenizer):
+    """Two reward models that differ by an affine map train the same policy once each is
+    normalised on the same answers; unnormalised, the scaled one trains another."""
+    prompts, _ = encode_prompts(tiny_tokenizer, [[{"role": "user", "content": q}] for q in QUESTIONS], 40)
+    config = PpoConfig(batch_size=8, minibatch_size=4, max_new_tokens=6, lr=5e-3, seed=0)
+    reward = TokenValueReward(tiny_tokenizer.vocab_size, tiny_tokenizer.assistant_id)
+
+    def train(reward_model: nn.Module, normalize: bool) -> tuple[list[float], torch.Tensor]:
+        torch.manual_seed(0)
+        trainer = PpoTrainer(config, tiny_model(tiny_tokenizer.vocab_size, context_length=64), reward_model, tiny_tokenizer)
+        if normalize:
+            batch, _ = trainer.rollout(prompts)
+            trainer.normalize_scores(reward_model(batch.sequences, (batch.sequences != tiny_tokenizer.pad_id).long()))
+            trainer.generator.manual_seed(config.seed)
+        kls = [trainer.step(prompts, config.lr)["kl"] for _ in range(3)]
+        return kls, trainer.model.policy.output.weight.detach().clone()
+
+    kl_a, weights_a = train(reward, normalize=True)
+    kl_b, weights_b = train(Affine(reward, 10.0, 5.0), normalize=True)
+    assert kl_a == pytest.approx(kl_b, rel=1e-4)
+    torch.testing.assert_close(weights_a, weights_b, atol=1e-5, rtol=1e-4)
+    _, weights_raw = train(Affine(reward, 10.0, 5.0), normalize=False)
+    assert not torch.allclose(weights_a, weights_raw, atol=1e-4)
 
 
 def test_train_ppo_writes_a_model_metrics_figures_and_a_summary(tiny_tokenizer, tiny_tokenizer_dir, tmp_path):

@@ -152,7 +152,11 @@ class DpoConfig(TrainConfig):
     )
 
 
-class PpoConfig(BaseModel):
+class PpoConfig(OptimConfig):
+    """PPO's rollouts and update. The optimizer keys are pre-training's (OptimConfig): AdamW, here
+    without weight decay, and the learning rate decayed over the steps as TRL and Ziegler et al.
+    anneal it — a late update at the full rate is what undid a run that had found the reward."""
+
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(24, ge=1, description="rollouts, each followed by an update")
@@ -162,13 +166,20 @@ class PpoConfig(BaseModel):
     max_new_tokens: int = Field(40, ge=1)
     dtype: WeightsDtype = Field("fp32", description="the policy's dtype in training (and the value head's), as TrainConfig.dtype")
     temperature: float = Field(1.0, gt=0, description="sampling temperature; log-probs use the same scaled logits")
-    lr: float = Field(2e-4, gt=0, description="AdamW's; high for a large model, right for the quickstart's tiny one")
-    max_grad_norm: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0, description="AdamW's peak; high for a large model, right for the quickstart's tiny one")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from lr/warmup_steps to lr.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="The floor of the cosine, as a share of lr (1: constant).")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-5, gt=0)
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
     clip_range: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
     clip_range_value: float = Field(0.2, gt=0, description="how far a value may move from its rollout value")
     vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    normalize_prompts: int = Field(
+        64, ge=0, description="training prompts whose SFT answers set the score's scale: the reward is the reward "
+        "model's score less their mean, over their standard deviation (Ziegler et al., 2019); 0: the raw score")
     kl_coef: float = Field(0.1, ge=0, description="β, the initial weight of the per-token KL penalty")
     adaptive_kl: bool = Field(True, description="adapt β towards kl_target (Ziegler et al., 2019)")
     kl_target: float = Field(6.0, gt=0, description="KL budget, nats per answer: the controller's target")

@@ -49,6 +49,8 @@ from tokenmill.model.generate import Generation, generate
 from tokenmill.model.io import copy_tokenizer, load_model, save_model
 from tokenmill.model.lora import apply_lora, merge_lora
 from tokenmill.model.transformer import Transformer
+from tokenmill.pretrain.optim import build_optimizer, decayed_names, set_lr
+from tokenmill.pretrain.schedule import lr_at
 from tokenmill.tokenizer import Tokenizer
 
 
@@ -145,9 +147,10 @@ class PpoTrainer:
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         # Dropout stays off throughout: the rollout's log-probs must be those the update recomputes.
         self.model = ActorCritic(policy).eval()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=0.0, eps=1e-5)
-        self.kl = KLController(config)
         self.device = next(policy.parameters()).device
+        self.optimizer = build_optimizer(self.model.named_parameters(), decayed_names(self.model, False), config, self.device)
+        self.kl = KLController(config)
+        self.score_shift, self.score_scale = 0.0, 1.0  # see normalize_scores
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
 
     @torch.no_grad()
@@ -158,10 +161,11 @@ class PpoTrainer:
             stop_ids=tok.stop_ids, pad_id=tok.pad_id, generator=self.generator,
         )
         score = self.reward_model(out.sequences, out.attention_mask).float()
+        reward = (score - self.score_shift) / self.score_scale
         sequences, actions, mask = action_index(out)
         logprobs, values, entropy = response_forward(self.model.policy, sequences, actions, c.temperature, self.model.value_head)
         ref_logprobs, _, _ = response_forward(self.reference, sequences, actions, c.temperature)
-        rewards, kl = kl_penalised_rewards(score, logprobs, ref_logprobs, mask, self.kl.value)
+        rewards, kl = kl_penalised_rewards(reward, logprobs, ref_logprobs, mask, self.kl.value)
         advantages, returns = gae(rewards, values, mask, c.gamma, c.lam)
         batch = Rollout(sequences, actions, mask, logprobs, values * mask, whiten(advantages, mask), returns)
         stats = {
@@ -189,15 +193,23 @@ class PpoTrainer:
                 loss = pg_loss + c.vf_coef * vf_loss
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or float("inf"))
                 self.optimizer.step()
                 for k, v in {"policy_loss": pg_loss, "value_loss": vf_loss, "grad_norm": grad_norm, **stats}.items():
                     totals[k] = totals.get(k, 0.0) + float(v.detach())
                 n += 1
         return {k: v / n for k, v in totals.items()}
 
-    def step(self, prompts: Sequence[Sequence[int]]) -> dict[str, float]:
+    def normalize_scores(self, scores: torch.Tensor) -> None:
+        """Set the reward to (score − mean) / std of `scores`, the reward model's scores of the
+        initial policy's answers (Ziegler et al., 2019, §2.2): the KL coefficient and target
+        then mean the same against any reward model, whatever the scale its training gave it."""
+        self.score_shift, self.score_scale = float(scores.mean()), max(float(scores.std()), 1e-6)
+
+    def step(self, prompts: Sequence[Sequence[int]], lr: float) -> dict[str, float]:
+        set_lr(self.optimizer, lr)
         batch, stats = self.rollout(prompts)
+        stats["lr"] = lr
         stats.update(self.update(batch))
         self.kl.update(stats["kl"], len(prompts))
         return stats
@@ -266,6 +278,10 @@ def train_ppo(
             f"{len(train)} of {len(prompts)} qualify ({too_long} too long, {len(held)} held out)"
         )
     trainer = PpoTrainer(config, policy, reward_model, tokenizer)
+    if config.normalize_prompts:
+        sample = random.Random(config.seed).sample(train, min(config.normalize_prompts, len(train)))
+        trainer.normalize_scores(sample_and_score(trainer.reference, reward_model, tokenizer, sample, config.max_new_tokens,
+                                                  config.temperature, seed=config.seed).scores)
     before = sample_and_score(trainer.reference, reward_model, tokenizer, held, config.max_new_tokens,
                               config.temperature, seed=config.seed) if held else None
 
@@ -278,7 +294,7 @@ def train_ppo(
             if len(pool) < config.batch_size:
                 pool += order.sample(train, len(train))
             batch, pool = pool[: config.batch_size], pool[config.batch_size :]
-            record = {"step": step, **trainer.step(batch)}
+            record = {"step": step, **trainer.step(batch, lr_at(step - 1, config, config.steps))}
             metrics.append(record)
             log.write(record)
 
@@ -304,6 +320,8 @@ def train_ppo(
         # The controller steers the mean towards kl_target, so single rollouts pass it both ways.
         "kl_mean_within_target": sum(kls) / len(kls) <= config.kl_target,
         "kl_coef_last": trainer.kl.value,
+        "score_shift": trainer.score_shift,
+        "score_scale": trainer.score_scale,
         "entropy_last": metrics[-1]["entropy"],
         "clip_fraction_mean": sum(m["clip_fraction"] for m in metrics) / len(metrics),
     }
