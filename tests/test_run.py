@@ -154,11 +154,14 @@ def test_pretrain_and_quantize_stages(tmp_path):
         "align.rm.steps=3", "align.dpo.steps=3", "align.ppo.steps=2", "align.ppo.batch_size=4",
         "align.ppo.minibatch_size=2", "align.ppo.max_new_tokens=8", "align.ppo.eval_prompts=4",
         "align.cai.max_prompts=2", "align.cai.answer_tokens=8", "align.cai.critique_tokens=8",
+        "eval.items=8", "eval.bytes_per_domain=300",
     ]
     run_pipeline(load_config(preset, tiny))
     stages = manifest(tmp_path / "run")["stages"]
     assert stages["05_pretrain"]["status"] == stages["06_align"]["status"] == stages["08_quantize"]["status"] == "done"
     assert stages["05_pretrain"]["metrics"]["steps"] == 6
+    # Stage 09 tables every model of the run on the same tasks.
+    assert list(stages["09_eval"]["metrics"]["table"]["models"]) == ["pretrained", "sft", "dpo", "ppo", "quantized"]
     assert (tmp_path / "run" / "05_pretrain" / "model" / "model.safetensors").is_file()
     align = tmp_path / "run" / "06_align"
     for method in ("sft", "rm", "dpo", "ppo"):

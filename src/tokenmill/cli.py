@@ -17,6 +17,7 @@ from tokenmill.cliargs import add_output, add_overrides
 from tokenmill.deploy.quant import cli as quant_cli
 from tokenmill.deploy.serve import cli as serve_cli
 from tokenmill.errors import TokenmillError
+from tokenmill.eval import cli as eval_cli
 from tokenmill.explorer import cli as explorer_cli
 from tokenmill.model import cli as model_cli
 from tokenmill.pretrain import cli as pretrain_cli
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant_cli.register(sub)
     serve_cli.register(sub)
     explorer_cli.register(sub)
+    eval_cli.register(sub)
     compare.register(sub)
     return parser
 

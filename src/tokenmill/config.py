@@ -20,6 +20,7 @@ from tokenmill.align.config import AlignConfig
 from tokenmill.curate.config import CurateConfig
 from tokenmill.deploy.quant.config import QuantizeConfig
 from tokenmill.errors import ConfigError
+from tokenmill.eval.config import EvalConfig
 from tokenmill.model.section import ModelSection
 from tokenmill.overrides import apply_override, parse_override
 from tokenmill.pretrain.config import PretrainConfig
@@ -51,6 +52,7 @@ class RunConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name

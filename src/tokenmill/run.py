@@ -160,6 +160,14 @@ def _run_quantize(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
     return StageResult(metrics=metrics, figures=sorted(p.name for p in out.glob("*.svg")))
 
 
+def _run_eval(config: RunConfig, out: Path, run: RunFolder) -> StageResult:
+    from tokenmill.eval.stage import FIGURES, eval_stage
+
+    metrics = eval_stage(run.root, config.eval, config.align.deploy, config.encode.val_fraction, out,
+                         log=lambda line: print(line, file=sys.stderr))
+    return StageResult(metrics=metrics, figures=FIGURES)
+
+
 def _no_external_inputs(config: RunConfig) -> str:
     return ""
 
@@ -214,6 +222,14 @@ STAGES: list[Stage] = [
         "quantize the aligned weights and measure what it costs",
         ("03_encode", "06_align"),
         _run_quantize,
+        _no_external_inputs,
+    ),
+    Stage(
+        "09_eval",
+        "eval",
+        "evaluate every model of the run on the same tasks (lm-evaluation-harness)",
+        ("02_curate", "03_encode", "05_pretrain", "06_align", "08_quantize"),
+        _run_eval,
         _no_external_inputs,
     ),
 ]

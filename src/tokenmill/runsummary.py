@@ -39,6 +39,10 @@ HEADLINES: dict[str, Callable[[dict], str]] = {
         f"{m.get('method', '?')} int{m.get('bits', '?')}: {m.get('layer_compression', 0):.1f}x smaller layers, "
         f"perplexity {_num(m.get('fp32_perplexity'), '.2f')} -> {_num(m.get('perplexity'), '.2f')}"
     ),
+    "09_eval": lambda m: "; ".join(
+        f"{t}: " + ", ".join(f"{k} {r['scores'][t]:.3f}" for k, r in m["table"]["models"].items() if t in r["scores"])
+        for t in m.get("table", {}).get("tasks", []) if not t.startswith("bpb_")
+    ),
 }
 
 
@@ -53,6 +57,8 @@ def summary_rows(run: RunFolder, stages: list[str], ran: set[str]) -> list[dict[
             "ran": name in ran,
             "wall_time_s": entry.get("wall_time_s"),
             "figure": headline(metrics) if headline and metrics else "",
+            # The evaluation's table (models as rows, tasks as columns) goes into summary.json whole.
+            **({"table": metrics["table"]} if "table" in metrics else {}),
         })
     return rows
 

@@ -20,7 +20,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 TITLES = ["Training data", "Data processing", "Tokenization", "Architecture", "Pre-training", "Alignment",
-          "Model weights", "Deployment"]
+          "Model weights", "Deployment", "Evaluation"]
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 

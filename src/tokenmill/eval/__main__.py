@@ -6,7 +6,7 @@ types only in its own table or among classes already imported, and has no plugin
 
 from lm_eval.__main__ import cli_evaluate
 
-import tokenmill.eval  # noqa: F401 - registers the model type
+import tokenmill.eval.lm  # noqa: F401 - registers the model type
 
 if __name__ == "__main__":
     cli_evaluate()

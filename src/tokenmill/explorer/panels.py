@@ -158,11 +158,23 @@ def weights_panel(run_dir: Path) -> list[dict | None]:
     ]
 
 
+def eval_panel(run_dir: Path) -> list[dict | None]:
+    table_ = ((read_json(run_dir / "09_eval" / "summary.json", {}) or {}).get("table")) or {}
+    tasks = table_.get("tasks", [])
+    rows = [["chance", *(table_["chance"].get(t) for t in tasks)]] + [
+        [key, *("" if t not in r["scores"] else f"{r['scores'][t]:.3f}"
+                + (f" ({r['change'][t]:+.3f})" if t in r["change"] else "") for t in tasks)]
+        for key, r in table_.get("models", {}).items()]
+    return [stage_facts(run_dir, "09_eval"),
+            table("every model on the same tasks (change from the model it was made from)", ["model", *tasks], rows),
+            stage_figures(run_dir, "09_eval")]
+
+
 def panel(run_dir: Path, number: str, engine_info: dict) -> dict:
     b = next(b for b in BLOCKS if b.number == number)
     status = block_status(run_dir, b)
     builders = {"01": data_panel, "02": curate_panel, "03": tokenizer_panel, "04": architecture_panel,
-                "05": pretrain_panel, "06": align_panel, "07": weights_panel}
+                "05": pretrain_panel, "06": align_panel, "07": weights_panel, "09": eval_panel}
     if number == "08":
         sections = deploy_panel(run_dir, engine_info)
     elif status == "not run" and number not in ("05", "07"):

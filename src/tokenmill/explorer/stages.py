@@ -1,4 +1,4 @@
-"""The eight blocks of the pipeline picture, what state each is in, and the run's model folders."""
+"""The nine blocks of the pipeline picture, what state each is in, and the run's model folders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tokenmill.model.io import WEIGHTS
 
 @dataclass(frozen=True)
 class Block:
-    number: str  # "01" .. "08", as in the run folder
+    number: str  # "01" .. "09", as in the run folder
     title: str
     folders: tuple[str, ...]  # the stage folders whose artifacts the block shows
 
@@ -25,6 +25,7 @@ BLOCKS = (
     Block("06", "Alignment", ("06_align",)),
     Block("07", "Model weights", ()),  # reads the model folders the other stages wrote
     Block("08", "Deployment", ("08_quantize",)),
+    Block("09", "Evaluation", ("09_eval",)),
 )
 
 # Every model folder a run may hold, most downstream first: the order in which the explorer
