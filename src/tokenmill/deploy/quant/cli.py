@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "--output: model.json, model.safetensors with INT8 or packed INT4 codes, float16 scales and zero "
             "points, quantization.json and the tokenizer files. int8: per-channel round-to-nearest; rtn4: INT4 "
             "round-to-nearest in groups; gptq and awq: INT4 calibrated on --calib (token shards or curated "
-            "documents). With --eval, FP32, BF16, INT8, INT4-RTN, INT4-GPTQ and INT4-AWQ are compared on size "
+            "documents; without it, a sample of the built-in corpus, which the command names on stderr). With --eval, FP32, BF16, INT8, INT4-RTN, INT4-GPTQ and INT4-AWQ are compared on size "
             "on disk, validation perplexity and decoding tokens/s at batch 1 and 16 (eval.json and charts in "
             "--output). `tokenmill.model.load_model` loads the folder like any other."
         ),
@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="INT4 input columns per scale (default 128; 0: one group per output channel)")
     p.add_argument("--asym", action="store_true", help="asymmetric grids (a zero point per group) instead of symmetric")
     p.add_argument("--calib", metavar="TOKENS_DIR|DOCS",
-                   help="calibration data: a folder of token shards (train-*.bin), or document shards (*.jsonl.zst)")
+                   help="calibration data: a folder of token shards (train-*.bin), or document shards (*.jsonl.zst); "
+                        "default: a sample of the built-in corpus, tokenized with the model's tokenizer")
     p.add_argument("--samples", type=int, default=128, metavar="N", help="calibration sequences (default 128)")
     p.add_argument("--seq-len", type=int, metavar="N", help="calibration sequence length (default the model's context)")
     p.add_argument("--damp", type=float, default=0.01, help="GPTQ damping, share of the mean Hessian diagonal (default 0.01)")

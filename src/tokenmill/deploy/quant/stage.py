@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from tokenmill.atomic import write_json, write_text
-from tokenmill.deploy.quant.calib import calibration_ids
+from tokenmill.deploy.quant.calib import builtin_calibration_ids, calibration_ids
 from tokenmill.deploy.quant.config import QuantizeConfig
 from tokenmill.deploy.quant.evaluate import VARIANTS, compare, folder_bytes, layer_bytes, report_charts
 from tokenmill.deploy.quant.quantize import CALIBRATED, quantize_model, scheme_for
@@ -40,7 +40,7 @@ def quantize_folder(
     val_dir: str | Path | None, report_dir: str | Path,
 ) -> dict:
     """Quantize `model_dir` into the model folder `out_model` by `config.method`, calibrating on `calib`
-    (token shards or documents) for GPTQ and AWQ; with `config.eval`, compare every variant on the
+    (token shards or documents; None: a sample of the built-in corpus) for GPTQ and AWQ; with `config.eval`, compare every variant on the
     validation split of `val_dir` and write eval.json and charts into `report_dir`. Returns the key metrics."""
     model_dir, out_model, report_dir = Path(model_dir), Path(out_model), Path(report_dir)
     if not (model_dir / WEIGHTS).is_file():
@@ -49,18 +49,22 @@ def quantize_folder(
         raise TokenmillError(f"{model_dir} is already quantized; quantize the full-precision model")
     model = load_model(model_dir, dtype=torch.float32)
     seq_len = config.calib_seq_len or min(model.config.context_length, 2048)
-    calib_ids = None
+    calib_ids, calibration = None, None
     if config.method in CALIBRATED or config.eval:
         if calib is None:
-            why = config.method if config.method in CALIBRATED else "the evaluation (it runs GPTQ and AWQ)"
-            raise TokenmillError(f"{why} needs calibration data: token shards or curated documents (--calib)")
-        calib_ids = calibration_ids(calib, config.calib_samples, seq_len, config.seed, model_dir)
+            calib_ids, calibration = builtin_calibration_ids(config.calib_samples, seq_len, config.seed, model_dir)
+        else:
+            calib_ids = calibration_ids(calib, config.calib_samples, seq_len, config.seed, model_dir)
+            calibration = {"source": str(calib), "samples": len(calib_ids), "seq_len": seq_len, "tokens": calib_ids.numel()}
+        calibration["seed"] = config.seed
+        print(f"calibration: {calibration['samples']} samples of {seq_len} tokens ({calibration['tokens']:,} tokens) "
+              f"from {calibration['source']}", file=sys.stderr)
     scheme = scheme_for(config.method, config.group_size, config.symmetric)
     progress = partial(tqdm, desc=f"{config.method} blocks", file=sys.stderr, leave=False)
     info = quantize_model(model, config.method, scheme, calib_ids if config.method in CALIBRATED else None,
                           progress=progress, **method_settings(config))
     if config.method in CALIBRATED:
-        info["calibration"] = {"source": str(calib), "samples": len(calib_ids), "seq_len": seq_len, "seed": config.seed}
+        info["calibration"] = calibration
     save_quantized(model, out_model, info)
     copy_tokenizer(model_dir, out_model)
     stored, fp32 = layer_bytes(model)
@@ -72,6 +76,8 @@ def quantize_folder(
         "source_file_bytes": folder_bytes(model_dir),
         "layer_compression": fp32 / stored,
     }
+    if config.method in CALIBRATED:
+        metrics["calibration"] = calibration
     report_dir.mkdir(parents=True, exist_ok=True)
     chart = method_chart(info)
     if chart is not None:
