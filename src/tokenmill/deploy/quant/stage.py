@@ -19,6 +19,7 @@ from tokenmill.errors import TokenmillError
 from tokenmill.figures import bar_chart
 from tokenmill.model.config import read_config
 from tokenmill.model.io import WEIGHTS, copy_tokenizer, load_model
+from tokenmill.model.transformer import Transformer
 
 ROW_OF_METHOD = {method: row for row, method in VARIANTS.items() if method is not None}
 
@@ -37,11 +38,13 @@ def method_settings(config: QuantizeConfig) -> dict:
 
 def quantize_folder(
     model_dir: str | Path, out_model: str | Path, config: QuantizeConfig, calib: str | Path | None,
-    val_dir: str | Path | None, report_dir: str | Path,
+    val_dir: str | Path | None, report_dir: str | Path, fmt: str = "tokenmill",
 ) -> dict:
     """Quantize `model_dir` into the model folder `out_model` by `config.method`, calibrating on `calib`
     (token shards or documents; None: a sample of the built-in corpus) for GPTQ and AWQ; with `config.eval`, compare every variant on the
-    validation split of `val_dir` and write eval.json and charts into `report_dir`. Returns the key metrics."""
+    validation split of `val_dir` and write eval.json and charts into `report_dir`. `fmt` is what
+    `out_model` becomes: a tokenmill model folder, a folder with model.gguf, or a transformers GPTQ
+    checkpoint (see save_as). Returns the key metrics."""
     model_dir, out_model, report_dir = Path(model_dir), Path(out_model), Path(report_dir)
     if not (model_dir / WEIGHTS).is_file():
         raise TokenmillError(f"{model_dir} is not a model folder with weights ({WEIGHTS} is missing)")
@@ -65,14 +68,13 @@ def quantize_folder(
                           progress=progress, **method_settings(config))
     if config.method in CALIBRATED:
         info["calibration"] = calibration
-    save_quantized(model, out_model, info)
-    copy_tokenizer(model_dir, out_model)
+    weights = save_as(fmt, model, info, model_dir, out_model)
     stored, fp32 = layer_bytes(model)
     metrics = {
         "method": config.method,
         "bits": scheme.bits,
         "group_size": scheme.group_size,
-        "file_bytes": folder_bytes(out_model),
+        "file_bytes": weights.stat().st_size,
         "source_file_bytes": folder_bytes(model_dir),
         "layer_compression": fp32 / stored,
     }
@@ -90,7 +92,7 @@ def quantize_folder(
 
         val = TokenDataset(val_dir, "val", seq_len=read_config(model_dir).context_length)
         rows = compare(model_dir, val, calib_ids, {"group_size": config.group_size, "symmetric": config.symmetric,
-                       **method_settings(config)}, done={ROW_OF_METHOD[config.method]: out_model},
+                       **method_settings(config)}, done={ROW_OF_METHOD[config.method]: out_model} if fmt == "tokenmill" else {},
                        decode_tokens=config.decode_tokens, eval_batch_size=config.eval_batch_size,
                        eval_batches=config.eval_batches, log=lambda line: print(line, file=sys.stderr))
         write_json(report_dir / "eval.json", rows)
@@ -101,6 +103,27 @@ def quantize_folder(
                         "perplexity_change": row["perplexity_change"],
                         **{k: v for k, v in row.items() if k.startswith("decode_")}})
     return metrics
+
+
+def save_as(fmt: str, model: Transformer, info: dict, model_dir: Path, out_model: Path) -> Path:
+    """Write the quantized model as a tokenmill folder, model.gguf in a folder, or a transformers GPTQ
+    checkpoint. Returns the file that holds the weights."""
+    if fmt == "tokenmill":
+        save_quantized(model, out_model, info)
+        copy_tokenizer(model_dir, out_model)
+        return out_model / WEIGHTS
+    if fmt == "gguf":
+        try:
+            from tokenmill.deploy.quant.export_gguf import write_gguf
+        except ImportError:
+            raise TokenmillError("--format gguf needs the gguf package: pip install 'tokenmill[gguf]'") from None
+        return write_gguf(model, model_dir, out_model / "model.gguf", model_dir.resolve().name)
+    if fmt == "gptq":
+        from tokenmill.deploy.quant.export_gptq import write_hf_gptq
+
+        write_hf_gptq(model, model_dir, out_model)
+        return out_model / WEIGHTS
+    raise TokenmillError(f"unknown output format '{fmt}'; choose tokenmill, gguf or gptq")
 
 
 def method_chart(info: dict) -> str | None:
