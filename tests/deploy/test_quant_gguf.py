@@ -98,6 +98,7 @@ def test_gguf_holds_the_tokenizer_and_chat_template(model_dir, tokenizer, tmp_pa
     assert len(field(reader, "tokenizer.ggml.merges")) == len(spec["model"]["merges"])
     assert field(reader, "tokenizer.ggml.bos_token_id") == tokenizer.bos_id
     assert field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_id
+    assert field(reader, "tokenizer.ggml.eot_token_id") == tokenizer.end_id != tokenizer.eos_id
     template = json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"]
     assert field(reader, "tokenizer.chat_template") == template
 

@@ -61,8 +61,9 @@ def builtin_calibration_ids(n_samples: int, seq_len: int, seed: int, tokenizer_d
 
     if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         raise TokenmillError(f"calibrating on the built-in corpus needs a tokenizer.json in {tokenizer_dir}; pass --calib instead")
-    # About 4 bytes of text per token, twice over so that whole windows remain after sampling.
-    source = LocalCorpusSource(include=list(BUILTIN_DOMAINS), max_bytes=max(8 * n_samples * seq_len, 100_000))
+    # About 4 bytes of text per token, twice over so that whole windows remain after sampling, and
+    # at least 1 MB, so that a small request still draws on a hundred or more documents.
+    source = LocalCorpusSource(include=list(BUILTIN_DOMAINS), max_bytes=max(8 * n_samples * seq_len, 1_000_000))
     texts = [doc.text for doc in source.read(SkipLog())]
     ids = _windows(texts, Tokenizer.load(tokenizer_dir), n_samples, seq_len, seed, "the built-in corpus")
     used = {"source": f"built-in corpus (local: {', '.join(BUILTIN_DOMAINS)})", "documents": len(texts),

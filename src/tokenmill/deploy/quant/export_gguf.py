@@ -16,8 +16,8 @@ Names and keys are llama.cpp's for the `llama` architecture (those of convert_hf
 tensor's Hugging Face name is mapped by the gguf package's TensorNameMap, and the query and key
 rows are permuted from the half-split rotary layout (rotate_half, tokenmill's and transformers')
 into the interleaved pairs llama.cpp's `llama` rotary embedding reads. The tokenizer goes in as
-a byte-level BPE (`gpt2`: tokens, token types, merges) with its special token ids and the chat
-template, which the gguf package's SpecialVocab reads from the folder's tokenizer files.
+a byte-level BPE (`gpt2`: tokens, token types, merges) with its special token ids (the end of a
+chat turn as `eot`) and the chat template, which the gguf package's SpecialVocab reads from the folder's tokenizer files.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from tokenmill.model.io import state_dict_for_saving
 from tokenmill.model.quant.grid import expand_groups
 from tokenmill.model.quant.linear import QuantLinear
 from tokenmill.model.transformer import Transformer
+from tokenmill.tokenizer.tokenizer import Tokenizer
 
 BLOCK = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]  # 32, as Q4_0's
 TYPE_OF_BITS = {8: gguf.GGMLQuantizationType.Q8_0, 4: gguf.GGMLQuantizationType.Q4_0}
@@ -214,6 +215,10 @@ def _write_tokenizer(writer: gguf.GGUFWriter, folder: Path, vocab_size: int) -> 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+    # The token that closes a chat turn, where it is not EOS: llama.cpp stops a reply there.
+    tokenizer = Tokenizer.load(folder)
+    if tokenizer.end_id is not None and tokenizer.end_id != tokenizer.eos_id:
+        writer.add_eot_token_id(tokenizer.end_id)
 
 
 def _pre_tokenizer(folder: Path) -> str:
