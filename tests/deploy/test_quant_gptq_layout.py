@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
+from gguf import GGMLQuantizationType, GGUFReader
 from quant_helpers import dequantized, quantized
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tokenmill.deploy.quant.cli import register
+from tokenmill.deploy.quant.export_gguf import write_gguf
 from tokenmill.deploy.quant.export_gptq import write_hf_gptq
+from tokenmill.deploy.quant.rtn import rtn
+from tokenmill.model import build_model, save_model
+from tokenmill.model.config import ModelConfig
+from tokenmill.model.quant.grid import Scheme
+from tokenmill.model.quant.io import replace_linear
+from tokenmill.model.quant.linear import QuantLinear
 
 
 def unpack_gptq(tensors: dict[str, torch.Tensor], module: str, bits: int, checkpoint_format: str) -> torch.Tensor:
@@ -81,3 +90,26 @@ def test_quantize_cli_writes_gguf_and_gptq(model_dir, tmp_path, capsys):
         assert args.func(args) == 0
         metrics = json.loads(capsys.readouterr().out)
         assert (tmp_path / fmt / expected).is_file() and metrics["file_bytes"] > 0
+
+
+@torch.no_grad()
+def test_a_quantized_head_is_written_dequantized(model_dir, tmp_path):
+    """GPTQ checkpoints quantize the blocks only; GGUF gives the head its own tensor type."""
+    folder = tmp_path / "untied"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "model.json").read_text())
+    torch.manual_seed(1)
+    save_model(build_model(ModelConfig(**{**config, "tie_embeddings": False}), "cpu"), folder)
+    model = quantized(folder, "rtn4")
+    head = model.output
+    replace_linear(model, "output", QuantLinear.from_codes(*rtn(head.weight.data, Scheme(8, None)), Scheme(8, None)))
+    write_hf_gptq(model, folder, tmp_path / "gptq")
+    tensors = load_file(str(tmp_path / "gptq" / "model.safetensors"))
+    assert "lm_head.qweight" not in tensors
+    torch.testing.assert_close(tensors["lm_head.weight"], model.output.dequantize(), rtol=0, atol=0)
+    hf, _ = transformers_model_from_gptq(tmp_path / "gptq")
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    torch.testing.assert_close(hf(ids).logits, dequantized(model)(ids), rtol=1e-5, atol=1e-5)
+    reader = GGUFReader(write_gguf(model, folder, tmp_path / "model.gguf", "untied"))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["output.weight"] == GGMLQuantizationType.Q8_0 and types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q4_0

@@ -142,9 +142,10 @@ def write_gguf(model: Transformer, tokenizer_dir: str | Path, path: str | Path, 
     `tokenizer_dir` to the GGUF file `path`."""
     check_exportable(model)
     c = model.config
-    bits = {m.scheme.bits for m in model.modules() if isinstance(m, QuantLinear)}
+    # The file type names the blocks' width; each tensor carries its own type (a head may differ).
+    bits = {m.scheme.bits for name, m in model.named_modules() if isinstance(m, QuantLinear) and name.startswith("layers.")}
     if len(bits) != 1:
-        raise TokenmillError(f"GGUF export needs a model quantized to one width, found bits {sorted(bits) or 'none'}")
+        raise TokenmillError(f"GGUF export needs the blocks quantized to one width, found bits {sorted(bits) or 'none'}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]

@@ -18,7 +18,8 @@ a zero point of 0 stored as -1 does not survive the original format's packing.
 
 tokenmill's codes are GPTQ's (the same grid and float16 scales), so nothing is rounded again;
 with act-order GPTQ still quantizes in static groups, so desc_act is false and g_idx is k // g.
-The output head and embedding stay in full precision, as GPTQ checkpoints keep them.
+The output head and embedding stay in full precision, as GPTQ checkpoints keep them (a head
+tokenmill quantized is written dequantized).
 """
 
 from __future__ import annotations
@@ -65,14 +66,19 @@ def write_hf_gptq(model: Transformer, src: str | Path, dst: str | Path) -> dict:
     family = family_for(config)
     if family.transposed:
         raise TokenmillError(f"GPTQ layout: {family.model_type} stores its linears transposed (Conv1D), which GPTQ loaders do not read")
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    quant = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    # GPTQ checkpoints quantize the blocks only (quantization_config has no scheme for the head):
+    # a quantized head is written as its dequantized weight.
+    layers = {name: m for name, m in quant.items() if name.startswith("layers.")}
     schemes = {m.scheme for m in layers.values()}
     if len(schemes) != 1:
         raise TokenmillError(f"GPTQ layout: one quantization scheme for every layer, found {sorted(map(str, schemes)) or 'none'}")
     scheme = schemes.pop()
     checkpoint_format = "gptq" if scheme.symmetric else "gptq_v2"
     state = state_dict_for_saving(model)
-    floats = {k: v for k, v in state.items() if k.rpartition(".")[0] not in layers or k.endswith(".bias")}
+    floats = {k: v for k, v in state.items() if k.rpartition(".")[0] not in quant or k.endswith(".bias")}
+    dtype = next(t.dtype for t in floats.values() if t.is_floating_point())
+    floats.update({f"{name}.weight": m.dequantize(dtype) for name, m in quant.items() if name not in layers})
     out = weights_to_hf(floats, config, family)
     # Codes, zeros and scales have one row per output channel, as the weight has, so the family's own
     # row splits and reorderings (fused QKV, gate and up) place them as they place the weight.
@@ -83,7 +89,6 @@ def write_hf_gptq(model: Transformer, src: str | Path, dst: str | Path) -> dict:
         module = key.removesuffix(".weight")
         tensors = gptq_tensors(codes, parts["zeros"][key], scales[key], scheme.bits, scheme.group(codes.shape[1]), checkpoint_format)
         out.update({f"{module}.{kind}": t for kind, t in tensors.items()})
-    dtype = next(t.dtype for t in floats.values() if t.is_floating_point())
     quantization_config = {
         "quant_method": "gptq", "bits": scheme.bits, "group_size": scheme.group_size or -1, "desc_act": False,
         "sym": scheme.symmetric, "checkpoint_format": checkpoint_format, "static_groups": False, "true_sequential": True,
