@@ -136,6 +136,21 @@ def test_calibration_from_documents(model_dir, tmp_path):
         calibration_ids(tmp_path, 6, 16, tokenizer_dir=model_dir)
 
 
+def test_quantize_without_calib_samples_the_builtin_corpus_and_says_so(model_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="tokenmill")
+    register(parser.add_subparsers())
+    out = tmp_path / "gptq"
+    args = parser.parse_args(["quantize", str(model_dir), "--method", "gptq", "-o", str(out), "--group-size", "32",
+                              "--samples", "4", "--seq-len", "32"])
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    assert "calibration: 4 samples of 32 tokens (128 tokens) from built-in corpus (local: code, reference)" in captured.err
+    used = json.loads(captured.out)["calibration"]
+    assert used == read_quantization(out)["calibration"]
+    assert used["samples"] == 4 and used["tokens"] == 128 and used["documents"] > 0 and used["seed"] == 0
+    assert sum(isinstance(m, QuantLinear) for m in load_model(out, device="cpu").modules()) == 10
+
+
 def test_quantize_stage(model_dir, tokens_dir, tmp_path):
     config = QuantizeConfig(method="awq", group_size=32, calib_samples=4, calib_seq_len=32, awq_grid=4, eval=False)
     metrics = quantize_stage(model_dir, tokens_dir, config, tmp_path / "08_quantize")
@@ -147,8 +162,6 @@ def test_quantize_stage(model_dir, tokens_dir, tmp_path):
 
 
 def test_user_errors_are_clear(model_dir, tokens_dir, tmp_path):
-    with pytest.raises(TokenmillError, match="needs calibration data"):
-        quantize_stage(model_dir, None, QuantizeConfig(method="gptq", eval=False), tmp_path / "a")
     quantize_stage(model_dir, tokens_dir, QuantizeConfig(method="int8", eval=False), tmp_path / "b")
     with pytest.raises(TokenmillError, match="already quantized"):
         quantize_stage(tmp_path / "b" / "model", tokens_dir, QuantizeConfig(method="int8", eval=False), tmp_path / "c")

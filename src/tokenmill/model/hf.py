@@ -264,12 +264,22 @@ def export_hf(src: str | Path, dst: str | Path, family_name: str | None = None) 
         raise TokenmillError(f"no weights in {src}: {WEIGHTS} is missing")
     state = load_file(str(src / WEIGHTS))
     dtype = next(t.dtype for t in state.values() if t.is_floating_point())
-    hf_config = {**family.to_hf(config), **special_token_ids(src), "dtype": str(dtype).removeprefix("torch.")}
+    write_hf_checkpoint(src, dst, config, family, weights_to_hf(state, config, family), dtype)
+    return family
+
+
+def write_hf_checkpoint(
+    src: Path, dst: str | Path, config: ModelConfig, family: Family, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+    extra_config: dict[str, Any] | None = None,
+) -> None:
+    """A transformers checkpoint folder `dst`: `tensors` (already in the family's names), config.json
+    (with `extra_config`, e.g. a quantization_config), and the tokenizer and generation settings of
+    the model folder `src`."""
+    hf_config = {**family.to_hf(config), **special_token_ids(src), "dtype": str(dtype).removeprefix("torch."), **(extra_config or {})}
     with atomic_dir(dst) as tmp:
-        write_weights(weights_to_hf(state, config, family), tmp / "model.safetensors", metadata={"format": "pt"})
+        write_weights(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)
         copy_hf_files(src, tmp)
         implied = None if (src / GENERATION_CONFIG).is_file() else generation_config(src)
         if implied is not None:
             write_json(tmp / GENERATION_CONFIG, implied)
-    return family

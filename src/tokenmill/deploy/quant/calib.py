@@ -3,7 +3,8 @@
 Calibration sequences come from token shards (windows of the train split, drawn with a seed)
 or from curated documents (a seeded sample of 4 × n_samples documents, tokenized with the model
 folder's tokenizer, each document BOS ... EOS as in the token shards (a model without BOS, such as
-Qwen, gets none), windows drawn from their concatenation). Both methods then walk the model one block
+Qwen, gets none), windows drawn from their concatenation). Without a source, `builtin_calibration_ids` samples the built-in
+corpus the same way. Both methods then walk the model one block
 at a time: `block_inputs` runs the embedding once and stops at the first block, and each block's
 outputs become the next block's inputs.
 """
@@ -11,6 +12,7 @@ outputs become the next block's inputs.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,17 +55,45 @@ def calibration_ids(
     paths = _document_shards(source)
     if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         raise TokenmillError(f"calibrating on documents ({source}) needs a tokenizer.json in the model folder; pass token shards instead")
-    tokenizer = Tokenizer.load(tokenizer_dir)
     # A seeded sample of documents from the whole corpus (those whose hashed ids are smallest), not
     # just its first shard: one pass, memory for the sample only.
     sample = heapq.nsmallest(4 * n_samples, read_shards(paths), key=lambda d: xxhash.xxh64_intdigest(f"{seed}:{d.id}".encode()))
+    return _windows((d.text for d in sample), Tokenizer.load(tokenizer_dir), n_samples, seq_len, seed, str(source))
+
+
+def builtin_calibration_ids(n_samples: int, seq_len: int, seed: int, tokenizer_dir: str | Path) -> tuple[torch.Tensor, dict]:
+    """Calibration windows from the built-in corpus (tokenmill.sources.local: the code and reference
+    domains, which read only this interpreter's standard library, so they need no network and no
+    groff), tokenized with the model folder's tokenizer. Returns the ids and what they came from
+    (source, documents, samples, seq_len, tokens), for the user and quantization.json."""
+    from tokenmill.sources.document import SkipLog
+    from tokenmill.sources.local import LocalCorpusSource
+
+    if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        raise TokenmillError(f"calibrating on the built-in corpus needs a tokenizer.json in {tokenizer_dir}; pass --calib instead")
+    # About 4 bytes of text per token, twice over so that whole windows remain after sampling, and
+    # at least 1 MB, so that a small request still draws on a hundred or more documents.
+    source = LocalCorpusSource(include=list(BUILTIN_DOMAINS), max_bytes=max(8 * n_samples * seq_len, 1_000_000))
+    texts = [doc.text for doc in source.read(SkipLog())]
+    ids = _windows(texts, Tokenizer.load(tokenizer_dir), n_samples, seq_len, seed, "the built-in corpus")
+    used = {"source": f"built-in corpus (local: {', '.join(BUILTIN_DOMAINS)})", "documents": len(texts),
+            "samples": len(ids), "seq_len": seq_len, "tokens": ids.numel()}
+    return ids, used
+
+
+BUILTIN_DOMAINS = ("code", "reference")
+
+
+def _windows(texts: Iterable[str], tokenizer: Tokenizer, n_samples: int, seq_len: int, seed: int, where: str) -> torch.Tensor:
+    """Up to n_samples windows of seq_len tokens, drawn with `seed` from the documents' concatenation
+    (each BOS ... EOS, as in the token shards)."""
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []  # a bare tokenizer.json may name none
     tokens = []
-    for doc in sample:
-        tokens += [*tokenizer.prompt_ids(doc.text), *eos]
+    for text in texts:
+        tokens += [*tokenizer.prompt_ids(text), *eos]
     n_windows = len(tokens) // seq_len
     if n_windows == 0:
-        raise TokenmillError(f"{source} holds {len(tokens)} tokens: too few for one calibration window of {seq_len}")
+        raise TokenmillError(f"{where} holds {len(tokens)} tokens: too few for one calibration window of {seq_len}")
     starts = np.random.default_rng(seed).permutation(n_windows)[:n_samples] * seq_len
     ids = torch.tensor(tokens[: n_windows * seq_len], dtype=torch.long)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
