@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-
 from pydantic import Field
 
 from tokenmill.curate.filters.rules import RuleFilter
