@@ -46,3 +46,30 @@ def test_defaults_remove_junk_boilerplate_and_spam(prose: list[Document]) -> Non
     junk = negatives(prose)
     reasons = removed_by(junk)
     assert sum(reasons.values()) == len(junk), f"kept {len(junk) - sum(reasons.values())} of {len(junk)} negatives"
+
+
+def test_n_gram_counts_by_key_match_counts_by_tuple(prose: list[Document]) -> None:
+    """The n-gram figures counted from 64-bit keys equal those counted from tuples of tokens,
+    the published way, on prose and on the repetitive negatives."""
+    from tokenmill.curate.filters.gopher import dup_n_gram_chars, has_repeated_n_gram, top_n_gram_chars
+    from tokenmill.curate.filters.text import tokens
+
+    def by_tuple(toks: tuple[str, ...], n: int) -> tuple[int, int, bool]:
+        grams = [toks[i : i + n] for i in range(len(toks) - n + 1)]
+        counts = Counter(grams)
+        gram, count = counts.most_common(1)[0] if counts else ((), 0)
+        top = (sum(map(len, gram)) + n - 1) * count if count > 1 else 0
+        seen, dup, i = set(), 0, 0
+        while i < len(grams):
+            if grams[i] in seen:
+                dup += sum(map(len, grams[i]))
+                i += n
+            else:
+                seen.add(grams[i])
+                i += 1
+        return top, dup, len(counts) < len(grams)
+
+    for doc in prose[::10] + negatives(prose)[::3]:
+        toks = tokens(doc.text)
+        for n in (2, 3, 5, 8):
+            assert (top_n_gram_chars(toks, n), dup_n_gram_chars(toks, n), has_repeated_n_gram(toks, n)) == by_tuple(toks, n)
