@@ -1,6 +1,8 @@
-"""The Gopher, C4 and FineWeb filters against datatrove's implementations of the same rules:
-documents per second of each on the same documents, and the share of documents on which the
-two decide alike (keep or drop). Prints one JSON line.
+"""The Gopher, C4 and FineWeb filters and PII redaction against datatrove's implementations of
+the same rules: documents per second of each on the same documents, and the share of documents
+on which the two decide alike (keep or drop); then the five in a chain (Gopher repetition,
+Gopher quality, C4, FineWeb, PII), where tokenmill's filters share each document's split into
+lines and tokens. Prints one JSON line.
 
     python benchmarks/heuristic_filters.py [--shards /tmp/tm_local/shards] [--domain web]
 
@@ -23,12 +25,14 @@ from tokenmill.curate.block import BlockStats
 from tokenmill.curate.filters.c4 import C4Filter
 from tokenmill.curate.filters.fineweb import FineWebFilter
 from tokenmill.curate.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+from tokenmill.curate.pii import PIIRedactor
 from tokenmill.shards import read_shards, shard_paths
 
 
 def main() -> None:
     import datatrove.pipeline.filters as peer
     from datatrove.data import Document as PeerDocument
+    from datatrove.pipeline.formatters import PIIFormatter
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=Path, help="folder of document shards (default: the built-in corpus, made here)")
@@ -72,6 +76,51 @@ def main() -> None:
             "datatrove_kept": sum(peer_kept),
             "agreement": round(sum(a == b for a, b in zip(kept, peer_kept)) / max(len(docs), 1), 4),
         }
+    # PII: tokenmill's regular-expression types (the defaults) against datatrove's formatter
+    # (emails and IP addresses); a redactor keeps every document, so there is no agreement.
+    ours_pii, peer_pii = PIIRedactor(), PIIFormatter()
+    stats = BlockStats(ours_pii.name)
+    start = time.process_time()
+    for d in docs:
+        ours_pii.apply(d, stats)
+    ours_s = time.process_time() - start
+    start = time.process_time()
+    for d in docs:
+        peer_pii.format(d.text)
+    peer_s = time.process_time() - start
+    result["filters"]["pii"] = {"docs_per_s": round(len(docs) / ours_s, 1),
+                                "datatrove_docs_per_s": round(len(docs) / peer_s, 1),
+                                "speedup": round(peer_s / ours_s, 2)}
+
+    print("benchmark chain ...", file=sys.stderr)
+    ours_chain = [ours for ours, _ in pairs] + [ours_pii]
+    peer_chain = [theirs for _, theirs in pairs]
+    stats = BlockStats("chain")
+    kept, peer_kept = [], []
+    start = time.process_time()
+    for d in docs:
+        for block in ours_chain:
+            d = block.apply(d, stats)
+            if d is None:
+                break
+        kept.append(d is not None)
+    ours_s = time.process_time() - start
+    start = time.process_time()
+    for d in docs:
+        doc = PeerDocument(text=d.text, id=d.id)
+        ok = all(f.filter(doc) is True for f in peer_chain)  # stops at the first that removes it
+        if ok:
+            doc.text = peer_pii.format(doc.text)
+        peer_kept.append(ok)
+    peer_s = time.process_time() - start
+    result["chain"] = {
+        "mb_per_s": round(result["mb"] / ours_s, 3),
+        "datatrove_mb_per_s": round(result["mb"] / peer_s, 3),
+        "speedup": round(peer_s / ours_s, 2),
+        "kept": sum(kept),
+        "datatrove_kept": sum(peer_kept),
+        "agreement": round(sum(a == b for a, b in zip(kept, peer_kept)) / max(len(docs), 1), 4),
+    }
     print(json.dumps(result))
 
 

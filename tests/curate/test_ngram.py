@@ -183,7 +183,7 @@ def test_normalisation_follows_ccnet():
     assert normalize("«Ça» – oui…\x07") == '"ca" - oui...'
     assert tokenize("Don't stop: x=42!!!") == ["don", "'", "t", "stop", ":", "x", "=", "00", "!"]
     assert tokenize("Title\n=====\n") == ["title", "="]  # a ruler line is one token
-    assert paragraphs("One line\nwrapped here.\n\n\nNext  paragraph") == [
+    assert list(paragraphs("One line\nwrapped here.\n\n\nNext  paragraph")) == [
         ["one", "line", "wrapped", "here", "."],
         ["next", "paragraph"],
     ]

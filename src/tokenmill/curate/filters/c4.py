@@ -101,8 +101,8 @@ class C4Filter(DocumentBlock):
                 stats.count(f"{self.name}.citations_removed", len(CITATION.findall(line)))
                 changed = True
                 unit = [CITATION.sub("", part) for part in unit]
-            if self.min_num_sentences is not None:
-                n_sentences += count_sentences(cleaned)
+            if self.min_num_sentences is not None and n_sentences < self.min_num_sentences:
+                n_sentences += count_sentences(cleaned)  # past the minimum, the count decides nothing
             out.extend(unit)
 
         if self.min_num_sentences is not None and n_sentences < self.min_num_sentences:

@@ -21,9 +21,10 @@ pipeline ran these filters with the same thresholds). Where we differ, on purpos
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 from pydantic import Field
 
 from tokenmill.curate.filters.rules import RuleFilter
@@ -91,34 +92,70 @@ class GopherRepetitionFilter(RuleFilter):
         return None
 
 
-def top_n_gram_chars(toks: list[str], n: int) -> int:
+# N-grams are counted as 64-bit keys: each token's (cached) string hash, combined over the
+# n positions by a multiply-add in numpy, so that no tuple of strings is built. Two distinct
+# n-grams of one document share a key with a chance of about 1 in 10^15.
+KEY_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+
+def n_gram_keys(toks: Sequence[str], n: int) -> np.ndarray:
+    """One key per n-gram position (len(toks) - n + 1 of them)."""
+    count = len(toks) - n + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.uint64)
+    h = np.fromiter(map(hash, toks), dtype=np.int64, count=len(toks)).view(np.uint64)
+    keys = h[:count].copy()
+    with np.errstate(over="ignore"):
+        for k in range(1, n):
+            keys *= KEY_MULTIPLIER
+            keys += h[k : k + count]
+    return keys
+
+
+def top_n_gram_chars(toks: Sequence[str], n: int) -> int:
     """Characters covered by every occurrence of the most frequent n-gram (written with single
-    spaces), or 0 if no n-gram occurs twice."""
-    counts = Counter(zip(*(toks[i:] for i in range(n))))
-    if not counts:
+    spaces), or 0 if no n-gram occurs twice. Of n-grams equally frequent, the first to occur."""
+    keys = n_gram_keys(toks, n)
+    if not len(keys):
         return 0
-    gram, count = counts.most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count if count > 1 else 0
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    count = int(counts.max())
+    if count <= 1:
+        return 0
+    at = int(first[counts == count].min())
+    return (sum(map(len, toks[at : at + n])) + n - 1) * count
 
 
-def has_repeated_n_gram(toks: list[str], n: int) -> bool:
-    n_grams = max(len(toks) - n + 1, 0)
-    return len(set(zip(*(toks[i:] for i in range(n))))) < n_grams
+def has_repeated_n_gram(toks: Sequence[str], n: int) -> bool:
+    keys = n_gram_keys(toks, n)
+    return len(np.unique(keys)) < len(keys)
 
 
-def dup_n_gram_chars(toks: list[str], n: int) -> int:
+def dup_n_gram_chars(toks: Sequence[str], n: int) -> int:
     """Characters of the n-grams that repeat an earlier one, scanning left to right and
     stepping over a repeat so that overlapping repeats are not counted twice."""
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    while i <= len(toks) - n:
-        gram = tuple(toks[i : i + n])
-        if gram in seen:
-            chars += sum(map(len, gram))
-            i += n
+    keys = n_gram_keys(toks, n)
+    if not len(keys):
+        return 0
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    # Only occurrences of n-grams that occur more than once can repeat or be repeated; the
+    # scan visits them alone, in order, remembering up to where a repeat stepped over.
+    candidates = np.flatnonzero(counts[inverse] > 1).tolist()
+    if not candidates:
+        return 0
+    lengths = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
+    ends = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+    gram = inverse.tolist()
+    seen: set[int] = set()
+    chars = free = 0
+    for i in candidates:
+        if i < free:
+            continue
+        if gram[i] in seen:
+            chars += ends[i + n] - ends[i]
+            free = i + n
         else:
-            seen.add(gram)
-            i += 1
+            seen.add(gram[i])
     return chars
 
 

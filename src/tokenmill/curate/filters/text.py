@@ -22,7 +22,9 @@ C4's takes a bare `"` or `'` for one (so `."` passes but `.”`, `?)` and `.»` 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
+from functools import lru_cache
 
 import regex
 
@@ -45,15 +47,26 @@ CLOSERS = "\"'”’»«“‘›‹」』）)]］〉》】〕"
 PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 
 
-def tokens(text: str) -> list[str]:
-    """Words and punctuation marks, in order."""
-    out: list[str] = []
-    for m in TOKEN.finditer(text):
-        token = m.group()
-        if "://" in token or not INFIX.search(token):
-            out.append(token)
-        else:
-            out.extend(part for part in INFIX.split(token) if part)
+@lru_cache(maxsize=8)
+def tokens(text: str) -> tuple[str, ...]:
+    """Words and punctuation marks, in order. Kept for the last few texts, so that the filters
+    of a chain split a document once between them."""
+    return tuple(split_tokens(text))
+
+
+def split_tokens(text: str) -> list[str]:
+    """`tokens`, not kept: for pieces of a document (a line), which no other filter asks for."""
+    matches = list(TOKEN.finditer(text))
+    out = [m.group() for m in matches]
+    # Infixes are searched in the whole text at once, and only the tokens holding a match are
+    # split: every infix inside a token is also a match in the text (its context is the same).
+    hits = [m.start() for m in INFIX.finditer(text)]
+    if hits:
+        starts = [m.start() for m in matches]
+        for i in sorted({bisect_right(starts, p) - 1 for p in hits} - {-1}, reverse=True):
+            token = out[i]
+            if "://" not in token and INFIX.search(token):
+                out[i : i + 1] = [part for part in INFIX.split(token) if part]
     return out
 
 
@@ -78,21 +91,23 @@ def ends_with_ellipsis(line: str) -> bool:
     return line.rstrip().endswith(ELLIPSES)
 
 
-def lines(text: str) -> list[str]:
+@lru_cache(maxsize=8)
+def lines(text: str) -> tuple[str, ...]:
     """The lines that hold more than whitespace (a blank line separates, it says nothing)."""
-    return [line for line in text.splitlines() if line.strip()]
+    return tuple(line for line in text.splitlines() if line.strip())
 
 
-def paragraphs(text: str) -> list[str]:
+@lru_cache(maxsize=8)
+def paragraphs(text: str) -> tuple[str, ...]:
     """Blocks separated by one or more blank lines."""
-    return [p for p in PARAGRAPH_BREAK.split(text.strip()) if p]
+    return tuple(p for p in PARAGRAPH_BREAK.split(text.strip()) if p)
 
 
 def count_sentences(text: str) -> int:
     """Sentences as spaCy's rule-based sentencizer counts them: a new one starts at the first
     word after a sentence terminal, so "e.g." and "3.5" end nothing."""
     n, after_terminal = 0, True
-    for token in tokens(text):
+    for token in split_tokens(text):
         if is_terminal(token):
             after_terminal = True
         elif after_terminal and is_word(token):
