@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from tokenmill.device import DeviceChoice, Precision
 from tokenmill.pretrain.config import OptimConfig
@@ -172,6 +172,9 @@ class PpoConfig(OptimConfig):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-5, gt=0)
+    grad_clip: float | None = Field(
+        1.0, gt=0, validation_alias=AliasChoices("grad_clip", "max_grad_norm"),
+        description="Clip the global gradient norm to this (formerly max_grad_norm, still read); null: no clipping.")
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
     clip_range: float = Field(0.2, gt=0, description="ε of the clipped policy ratio")
