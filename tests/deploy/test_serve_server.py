@@ -220,5 +220,5 @@ def test_cli_registers_serve_and_refuses_a_missing_folder(tmp_path):
     with pytest.raises(TokenmillError, match="model folder not found"):
         args.func(args)
     args = parser.parse_args(["serve", str(tmp_path)])
-    with pytest.raises(TokenmillError, match="no tokenmill tokenizer .* point --tokenizer"):
+    with pytest.raises(TokenmillError, match="holds no tokenizer .* point --tokenizer"):
         args.func(args)
