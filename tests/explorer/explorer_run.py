@@ -61,6 +61,7 @@ def tiny_settings(run_dir: Path, corpus: Path) -> list[str]:
         "align.rm.steps=3", "align.dpo.steps=3", "align.ppo.steps=2", "align.ppo.batch_size=4",
         "align.ppo.minibatch_size=2", "align.ppo.max_new_tokens=8", "align.ppo.eval_prompts=4",
         "align.cai.max_prompts=2", "align.cai.answer_tokens=8", "align.cai.critique_tokens=8",
+        "eval.items=8", "eval.bytes_per_domain=300",
     ]
 
 

@@ -48,9 +48,9 @@ def svg_root(client, url: str) -> ET.Element:
 
 def test_blocks_in_pipeline_order_with_status_and_key_figure(client, tiny_run):
     run = client.get("/api/run").json()
-    assert [b["number"] for b in run["blocks"]] == [f"0{i}" for i in range(1, 9)]
+    assert [b["number"] for b in run["blocks"]] == [f"0{i}" for i in range(1, 10)]
     status = {b["number"]: b["status"] for b in run["blocks"]}
-    assert status == {f"0{i}": "done" for i in range(1, 9)}
+    assert status == {f"0{i}": "done" for i in range(1, 10)}
     summary = {r["stage"]: r["figure"] for r in json.loads((tiny_run / "summary.json").read_text())}
     assert run["blocks"][3]["figure"] == summary["04_model"]
     assert run["blocks"][2]["figure"] == f"{summary['03_tokenizer']}; {summary['03_encode']}"
@@ -70,7 +70,7 @@ def test_every_chart_a_panel_names_is_drawn(client):
 
 
 def test_a_finished_run_shows_the_stages_own_charts_each_once(client):
-    for number in [f"0{i}" for i in range(1, 9)]:
+    for number in [f"0{i}" for i in range(1, 10)]:
         found = sections(client, number)
         shown = [s["src"] for s in found if s["type"] == "chart"]
         shown += [f"file?path={quote(f, safe='')}" for s in found if s["type"] == "figures" for f in s["files"]]

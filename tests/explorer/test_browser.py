@@ -270,7 +270,7 @@ def test_compare_the_models_on_one_prompt(page, server, tiny_run):
 
 def test_arrows_name_the_artifact_handed_on(page, tiny_run):
     arrows = page.locator("#pipeline .arrow.handoff")
-    assert arrows.count() == 7
+    assert arrows.count() == 8
     first = arrows.first.text_content()
     documents = json.loads((tiny_run / "01_data" / "stats.json").read_text())["documents"]
     assert first.startswith("01_data/shards") and f"{documents:,} documents" in first

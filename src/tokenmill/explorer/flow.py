@@ -47,7 +47,7 @@ def _of(n: object, what: str) -> str | None:
 
 
 def handoffs(run_dir: Path) -> list[dict | None]:
-    """The seven arrows of the picture, 01→02 to 07→08; None where the artifact is not there yet."""
+    """The eight arrows of the picture, 01→02 to 08→09; None where the artifact is not there yet."""
     data = read_json(run_dir / "01_data" / "stats.json", {}) or {}
     mixture = read_json(run_dir / "02_curate" / "mixture.json", {}) or {}
     encoded = read_json(run_dir / "03_encode" / "encode_stats.json", {}) or {}
@@ -65,4 +65,5 @@ def handoffs(run_dir: Path) -> list[dict | None]:
         _handoff(run_dir, aligned, _of(_params(run_dir / aligned), "weights") if deployed else None),
         {"file": "model folders", "size": human_bytes(sum(_size(run_dir / m["path"]) for m in models)),
          "count": _of(len(models), "folders")} if models else None,
+        _handoff(run_dir, "08_quantize", _of(len(models), "models to evaluate")),
     ]

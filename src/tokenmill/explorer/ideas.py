@@ -74,6 +74,9 @@ def idea(number: str) -> dict:
         figures = [(f"KV cache per user at {SCALE_CONTEXT:,} tokens", human_bytes(s["kv_per_user"]),
                     f"{SCALE_MODEL}, bf16: keys and values of every layer"),
                    ("weights, 4-bit", human_bytes(s["weights"]["int4"]), f"from {human_bytes(s['weights']['bf16'])} in bf16")]
+    elif number == "09":
+        figures = [("HellaSwag, LLaMA-7B", "76.1%", "4-way sentence completion: chance 25% (Touvron et al. 2023, table 3)"),
+                   ("MMLU 5-shot, LLaMA-7B", "35.1%", "4-way exam questions in 57 subjects: chance 25%")]
     return {"type": "idea", "text": text, "scale_title": "at real scale", "figures": [list(f) for f in figures]}
 
 
@@ -103,4 +106,8 @@ IDEAS = {
     "08": "Serving: the weights are quantized (fewer bits per number, smaller and faster, slightly worse), and "
           "an engine answers many users at once, keeping each conversation's keys and values (the KV cache) in "
           "fixed-size blocks so memory is shared and nothing is computed twice.",
+    "09": "Evaluation asks every model of the run the same questions, through lm-evaluation-harness as model "
+          "cards do: how many bits each byte of held-out text costs it, which of four documentations belongs to a "
+          "function, what a command does. A score means something only beside chance and beside the model before: "
+          "the table shows what each stage did.",
 }

@@ -64,7 +64,7 @@ async function start() {
 }
 
 async function openBlock(number) {
-  if (!/^0[1-8]$/.test(number)) return;
+  if (!/^0[1-9]$/.test(number)) return;
   if (poller) { clearInterval(poller); poller = null; }
   for (const b of document.querySelectorAll(".block")) b.classList.toggle("active", b.dataset.block === number);
   const main = document.getElementById("panel");
